@@ -1,0 +1,33 @@
+# The whole set-up on a fresh machine: `make demo` or `make test`.
+# tf.estimator exists only up to TensorFlow 2.15, whose wheels cover Python 3.9-3.11.
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(PYTHON):
+	@py=""; for c in python3.11 python3.10 python3.9 python3; do \
+	  if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(not (3,9) <= sys.version_info[:2] <= (3,11))'; then py=$$c; break; fi; \
+	done; \
+	if [ -z "$$py" ]; then echo "error: no Python 3.9-3.11 found (TensorFlow 2.15, the last with tf.estimator, needs one)" >&2; exit 2; fi; \
+	echo "creating $(VENV) with $$py"; $$py -m venv $(VENV)
+
+$(STAMP): $(PYTHON) pyproject.toml
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,examples]'
+	@touch $@
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+demo: $(STAMP)
+	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
+	$(PYTHON) examples/mnist.py --model_dir=$(DEMO_DIR)/model
+	$(PYTHON) examples/mnist_ext.py --model_dir=$(DEMO_DIR)/model_ext --pretrained=$(DEMO_DIR)/model
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/diff.sh $(DEMO_DIR)/model $(DEMO_DIR)/model_ext --expect-same 'mnist/hidden/.*'
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

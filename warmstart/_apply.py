@@ -1,0 +1,93 @@
+"""Applying a plan to a graph: checkpoint-backed initializers, never constants.
+
+TF's own `warm_start` does the graph work (restore ops as the variables' initializers, partitioned
+variables, vocabulary remapping); we hand it the exact variables and names we planned, so none of
+its prefix-regex matching is involved. The initializers only run when the session starts from
+scratch, so a model_dir that already holds a checkpoint resumes from it instead.
+"""
+import atexit
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from warmstart import _checkpoint
+from warmstart._checkpoint import VariableInfo
+from warmstart._errors import WarmStartError
+
+logger = logging.getLogger(__name__)
+
+_PART = re.compile(r"/part_\d+$")
+
+
+def variable_name(variable) -> str:
+  """The checkpoint-level name of a graph variable: no ':0', no '/part_N'."""
+  info = getattr(variable, "_save_slice_info", None)
+  if info is not None:
+    return info.full_name
+  return _PART.sub("", variable.name.split(":")[0])
+
+
+def graph_variables(graph=None) -> Dict[str, Tuple[VariableInfo, List]]:
+  """Returns {name: (VariableInfo, [variables])} of a graph's global variables.
+
+  A partitioned variable appears once, with its full shape and all its parts.
+  """
+  graph = graph or tf.compat.v1.get_default_graph()
+  out = {}
+  for variable in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
+    name = variable_name(variable)
+    info = getattr(variable, "_save_slice_info", None)
+    shape = info.full_shape if info is not None else variable.shape
+    if not tf.TensorShape(shape).is_fully_defined():
+      raise WarmStartError("model variable %r has a shape that is not fully known (%s); "
+                           "warm-starting needs static shapes" % (name, shape))
+    if name in out:
+      out[name][1].append(variable)
+    else:
+      out[name] = (VariableInfo.make(name, tf.TensorShape(shape).as_list(),
+                                     variable.dtype.base_dtype), [variable])
+  return out
+
+
+def apply(plan, variables: Dict[str, Tuple[VariableInfo, List]]) -> None:
+  """Makes the planned variables' initializers read the checkpoint."""
+  if not plan.assignments:
+    return
+  prefix = materialize(plan.source)
+  var_list = [v for a in plan.assignments for v in variables[a.name][1]]
+  renames = {a.name: a.checkpoint_name for a in plan.assignments if a.name != a.checkpoint_name}
+  vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
+  tf.compat.v1.train.warm_start(prefix, var_list, vocab, renames)
+
+
+_materialized = {}
+
+
+def materialize(ref) -> str:
+  """A TF checkpoint prefix holding `ref`'s tensors (a .npz is converted once per process)."""
+  if ref.kind != _checkpoint.NPZ:
+    return ref.prefix
+  key = (os.path.abspath(ref.prefix), os.path.getmtime(ref.prefix))
+  if key not in _materialized:
+    # The initializers read the checkpoint when the session starts, so it must outlive this call;
+    # it lives in a private temp dir removed at exit (the source .npz is never written).
+    directory = tempfile.mkdtemp(prefix="warmstart-npz-")
+    atexit.register(shutil.rmtree, directory, True)
+    with _checkpoint.Reader(ref) as reader, tf.Graph().as_default():
+      names = list(reader.variables)
+      placeholders = [tf.compat.v1.placeholder(tf.as_dtype(reader.variables[n].dtype))
+                      for n in names]
+      prefix = os.path.join(directory, "npz")
+      save = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                               shape_and_slices=[""] * len(names), tensors=placeholders)
+      with tf.compat.v1.Session() as session:
+        session.run(save, {p: np.asarray(reader.read(n)) for p, n in zip(placeholders, names)})
+    _materialized[key] = prefix
+    logger.debug("converted %s to checkpoint %s", ref.prefix, prefix)
+  return _materialized[key]

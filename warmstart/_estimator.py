@@ -1,0 +1,282 @@
+"""The tf.estimator entry points: `settings`, `estimator_from` and `plan`."""
+import json
+import logging
+import os
+import tempfile
+
+import tensorflow as tf
+
+from warmstart import _apply
+from warmstart import _checkpoint
+from warmstart import _freeze
+from warmstart import _model_fn
+from warmstart._errors import WarmStartError
+from warmstart._plan import Plan, Planner
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "warmstart_report.json"
+
+
+class _Settings(tf.estimator.WarmStartSettings):
+  """A real `tf.estimator.WarmStartSettings` that plans against the graph when TF applies it.
+
+  Estimators apply warm-start settings as `warm_start(*settings)` right after the model_fn has
+  built the training graph. Unpacking this tuple plans the warm start against that graph's
+  variables (full-match patterns, renames, kinds, every check and the report) and hands TF the
+  exact variables to load, so none of TF's prefix-regex matching is involved.
+  """
+
+  def __new__(cls, planner: Planner, arguments: str):
+    self = super().__new__(cls, ckpt_to_initialize_from=_apply.materialize(planner.source),
+                           vars_to_warm_start=[])
+    self._planner = planner
+    self._arguments = arguments
+    return self
+
+  def __iter__(self):
+    graph = tf.compat.v1.get_default_graph()
+    if tf.executing_eagerly() or not graph.get_collection(
+        tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
+      return super().__iter__()  # Not inside a graph being warm-started: the plain tuple.
+    variables = _apply.graph_variables(graph)
+    plan = self._planner.plan([info for info, _ in variables.values()])
+    logger.info("%s", plan.report)
+    var_list = [v for a in plan.assignments for v in variables[a.name][1]]
+    renames = {a.name: a.checkpoint_name for a in plan.assignments
+               if a.name != a.checkpoint_name}
+    vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
+    return iter((self.ckpt_to_initialize_from, var_list, vocab, renames))
+
+  def __reduce__(self):
+    raise TypeError("warmstart settings cannot be pickled; call warmstart.settings() again")
+
+  def __repr__(self):
+    return "warmstart.settings(%r, %s)" % (self._planner.source.prefix, self._arguments)
+
+
+def settings(source, *, include=".*", exclude=None, rename=None, vocab=None,
+             optimizer_state="reset", step=None) -> tf.estimator.WarmStartSettings:
+  """Returns a `tf.estimator.WarmStartSettings` for any Estimator, canned ones included.
+
+  Unlike TF's own, patterns fully match names (a list is a list of regexes, not prefixes),
+  batch-norm moving statistics are warm-started, optimizer state is reset unless
+  `optimizer_state="keep"`, and every pattern or rule that matches nothing is an error. The
+  plan is made against the training graph when the Estimator applies the settings, and the
+  report is logged at INFO.
+
+  Args:
+    source: a checkpoint prefix, directory, SavedModel directory or .npz file.
+    include: regex or list of regexes over model variable names (fully matched).
+    exclude: regex or list of regexes removed from what `include` selected.
+    rename: {model_name_pattern: checkpoint_name_template} or a list of pairs.
+    vocab: {model_variable_name: tf.estimator.VocabInfo}, passed through to TF.
+    optimizer_state: 'reset' (optimizer slots, beta powers and global_step keep their
+      initializers) or 'keep'.
+    step: pick this step in a directory source; -1 or None for the latest.
+
+  Returns:
+    A `tf.estimator.WarmStartSettings` to pass as `warm_start_from`.
+
+  Raises:
+    WarmStartError: (a subclass) for a bad argument or checkpoint, now; for a plan that does
+      not fit the model, when training builds its graph.
+
+  Example:
+    >>> est = tf.estimator.DNNClassifier(..., warm_start_from=warmstart.settings(
+    ...     "base_model", exclude="dnn/logits/.*"))
+  """
+  arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab,
+                   optimizer_state=optimizer_state, step=step)
+  planner = Planner(source, **arguments)
+  return _Settings(planner, ", ".join("%s=%r" % kv for kv in arguments.items()
+                                      if kv[1] is not None))
+
+
+def _write_report(model_dir, report):
+  """Writes the report as JSON into model_dir, atomically (whole or not at all)."""
+  path = os.path.join(model_dir, REPORT_FILE)
+  text = report.to_json()
+  if "://" in model_dir:  # Remote file systems: through tf.io.gfile, rename is atomic there.
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+      f.write(text)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    return path
+  os.makedirs(model_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix="." + REPORT_FILE, dir=model_dir)
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  return path
+
+
+def _frozen_from_report(model_dir):
+  """The frozen names recorded by the first run, for resuming when the source is gone."""
+  path = os.path.join(model_dir, REPORT_FILE)
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return set(json.load(f)["frozen"])
+  except (tf.errors.NotFoundError, ValueError, KeyError) as err:
+    raise WarmStartError(
+        "model_dir %s holds a checkpoint, the warm-start source is gone and %s cannot be read "
+        "(%s): cannot tell which variables to freeze" % (model_dir, path, err))
+
+
+def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include=".*",
+                   exclude=None, rename=None, vocab=None, freeze=False,
+                   on_shape_mismatch="error", optimizer_state="reset", step=None, params=None,
+                   config=None) -> tf.estimator.Estimator:
+  """Builds an Estimator that warm-starts from a checkpoint once, and optionally freezes.
+
+  On the first training run the planned variables are initialized from `warm_start_from`
+  (checkpoint-backed initializers, never constants in the graph), the report is logged once at
+  INFO, written to `model_dir/warmstart_report.json` and shown in TensorBoard's Text tab. When
+  `model_dir` already holds a checkpoint, training resumes from it, nothing is warm-started
+  again, and the report says so; frozen variables stay frozen.
+
+  Args:
+    model_fn_or_estimator: a model_fn, or an Estimator (canned too) whose model_fn is used.
+    model_dir: where the new model trains.
+    warm_start_from: the source checkpoint (prefix, directory, SavedModel or .npz).
+    include, exclude, rename, vocab, optimizer_state, step: as for `settings`.
+    freeze: False; True to freeze exactly what is warm-started; or a regex / list of regexes.
+    on_shape_mismatch: 'error' or 'skip', or a dict {pattern: policy}.
+    params: params for the model_fn (default: the estimator's).
+    config: a `tf.estimator.RunConfig` (default: the estimator's); its model_dir is replaced.
+
+  Returns:
+    A `tf.estimator.Estimator`.
+
+  Raises:
+    WarmStartError: (a subclass) for bad arguments or source now; PlanError / FreezeError when
+      the training graph is built and does not fit.
+
+  Example:
+    >>> est = warmstart.estimator_from(model_fn, model_dir="model_ext",
+    ...                                warm_start_from="model", include="mnist/hidden/.*",
+    ...                                freeze=True)
+    >>> est.train(input_fn, max_steps=1000)
+  """
+  if not model_dir:
+    raise WarmStartError("model_dir is required: the warm-started model trains there")
+  model_dir = os.fspath(model_dir)
+  arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab, freeze=freeze,
+                   on_shape_mismatch=on_shape_mismatch, optimizer_state=optimizer_state,
+                   step=step)
+  try:
+    planner = Planner(warm_start_from, **arguments)
+  except _checkpoint.CheckpointNotFoundError:
+    if not tf.train.latest_checkpoint(model_dir):
+      raise
+    # Resuming: the source is not needed any more (it may have been moved or deleted).
+    logger.warning("warm-start source %s is gone; model_dir %s holds a checkpoint, so training "
+                   "resumes from it", warm_start_from, model_dir)
+    planner = None
+
+  def wrap(model_fn):
+    def warm_started_model_fn(features, labels, mode, params, config):
+      if mode != tf.estimator.ModeKeys.TRAIN:
+        return _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
+      resumed_from = tf.train.latest_checkpoint(config.model_dir)
+      if planner is not None:
+        predicate = planner.is_frozen if planner.freezes else None
+      elif freeze is not False:
+        frozen_names = _frozen_from_report(config.model_dir)
+        predicate = lambda info: info.name in frozen_names
+      else:
+        predicate = None
+      scope = _freeze.FreezeScope(predicate or (lambda info: False))
+      with scope:
+        spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
+      _freeze.check_train_op(spec.train_op, scope.frozen)
+      if planner is None:
+        logger.info("warm start NOT applied: training resumes from %s (frozen: %s)",
+                    resumed_from, ", ".join(scope.frozen) or "none")
+        return spec
+      variables = _apply.graph_variables()
+      plan = planner.plan([info for info, _ in variables.values()], resumed_from=resumed_from)
+      if not resumed_from:
+        _apply.apply(plan, variables)
+        if config.is_chief:
+          _write_report(config.model_dir, plan.report)
+      text = str(plan.report)
+      logger.info("%s", text)
+      # Indented lines render as preformatted text in TensorBoard's Text tab.
+      tf.compat.v1.summary.text(
+          "warmstart_report", tf.constant("\n".join("    " + l for l in text.splitlines())))
+      return spec
+    return warm_started_model_fn
+
+  wrapped = _model_fn.rewrap(model_fn_or_estimator, wrap, model_dir=model_dir, params=params,
+                            config=config)
+  if isinstance(wrapped, tf.estimator.Estimator):
+    return wrapped
+  config = (config or tf.estimator.RunConfig()).replace(model_dir=model_dir)
+  return tf.estimator.Estimator(wrapped, model_dir=model_dir, config=config, params=params)
+
+
+def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None, freeze=False,
+         on_shape_mismatch="error", optimizer_state="reset", step=None, params=None,
+         config=None, input_fn=None) -> Plan:
+  """Plans a warm start without training anything (a dry run).
+
+  Args:
+    source: the checkpoint to warm-start from.
+    target: the model to warm-start: a checkpoint of it (prefix, directory, ...), or a model_fn
+      or Estimator, whose training graph is built in a scratch graph (nothing is run) from
+      `input_fn`'s features and labels.
+    include, exclude, rename, vocab, freeze, on_shape_mismatch, optimizer_state, step, params,
+      config: as for `estimator_from`.
+    input_fn: with a model_fn or Estimator target, the input_fn whose output it takes.
+
+  Returns:
+    A Plan: `.assignments` and `.report` (str() for people, .to_json() for machines).
+
+  Raises:
+    PlanError: every problem of the plan at once; `.report` holds the report so far.
+    FreezeError: a model_fn target whose train_op updates a frozen variable.
+
+  Example:
+    >>> print(warmstart.plan("model", "model_ext", include="mnist/hidden/.*").report)
+  """
+  planner = Planner(source, include=include, exclude=exclude, rename=rename, vocab=vocab,
+                    freeze=freeze, on_shape_mismatch=on_shape_mismatch,
+                    optimizer_state=optimizer_state, step=step)
+  if isinstance(target, (str, os.PathLike, _checkpoint.CheckpointRef)):
+    return planner.plan(_checkpoint.list_variables(target))
+  if input_fn is None:
+    raise WarmStartError("plan() needs input_fn to build the graph of a model_fn or Estimator "
+                         "target (or pass a checkpoint of the target model instead)")
+  with tf.Graph().as_default():
+    features, labels = _input(input_fn)
+    model_fn = target
+    if isinstance(target, tf.estimator.Estimator):
+      params = target.params if params is None else params
+      config = config or target.config
+      model_fn = target.model_fn
+    elif not callable(target):
+      raise WarmStartError("plan() target must be a checkpoint path, a model_fn or an "
+                           "Estimator; got %s %r" % (type(target).__name__, target))
+    with _freeze.FreezeScope(planner.is_frozen if planner.freezes else
+                             (lambda info: False)) as scope:
+      spec = _model_fn.call_model_fn(model_fn, features, labels, tf.estimator.ModeKeys.TRAIN,
+                                     params or {}, config or tf.estimator.RunConfig())
+    _freeze.check_train_op(spec.train_op, scope.frozen)
+    return planner.plan([info for info, _ in _apply.graph_variables().values()])
+
+
+def _input(input_fn):
+  """(features, labels) from an input_fn returning a Dataset, a tuple, or features alone."""
+  result = input_fn()
+  if isinstance(result, tf.data.Dataset):
+    result = tf.compat.v1.data.make_one_shot_iterator(result).get_next()
+  if isinstance(result, (tuple, list)) and len(result) == 2:
+    return result[0], result[1]
+  return result, None

@@ -1,0 +1,364 @@
+"""Planning a warm start: which model variable reads which checkpoint tensor, and why not.
+
+The decision for one variable depends only on its name, shape and dtype (`Planner.decide`), so it
+can be made while a model_fn creates the variable (that is how `freeze=True` knows what will be
+loaded before the optimizer exists) and again for the whole graph afterwards (`Planner.plan`),
+which also checks that every pattern, rule and mapping the user gave was used.
+"""
+import dataclasses
+import json
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from warmstart import _checkpoint
+from warmstart import _kinds
+from warmstart import _rename
+from warmstart import _select
+from warmstart._checkpoint import CheckpointRef, VariableInfo
+from warmstart._errors import PatternError, PlanError, WarmStartError
+
+logger = logging.getLogger(__name__)
+
+LOAD = "load"
+SKIP = "skip"
+MISSING = "missing"
+NOT_SELECTED = "not_selected"
+
+SHAPE_POLICIES = ("error", "skip")
+OPTIMIZER_STATES = ("reset", "keep")
+_RESET_KINDS = (_kinds.OPTIMIZER_SLOT, _kinds.STEP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One model variable in a report.
+
+  Attributes:
+    name: the model variable.
+    checkpoint_name: the checkpoint tensor it reads (or would read).
+    shape, dtype, kind: of the model variable.
+    reason: why it was skipped / not selected / missing; empty when loaded.
+  """
+  name: str
+  checkpoint_name: str
+  shape: Tuple[int, ...]
+  dtype: str
+  kind: str
+  reason: str = ""
+
+
+@dataclasses.dataclass
+class Report:
+  """What a warm start loaded, renamed, skipped (why), left missing and froze.
+
+  `str(report)` is for people, `report.to_json()` for machines.
+  """
+  source: str
+  step: Optional[int]
+  loaded: List[Entry] = dataclasses.field(default_factory=list)
+  skipped: List[Entry] = dataclasses.field(default_factory=list)
+  missing: List[Entry] = dataclasses.field(default_factory=list)
+  not_selected: List[Entry] = dataclasses.field(default_factory=list)
+  frozen: List[str] = dataclasses.field(default_factory=list)
+  unused_patterns: List[str] = dataclasses.field(default_factory=list)
+  unused_rules: List[str] = dataclasses.field(default_factory=list)
+  unused_checkpoint_tensors: List[str] = dataclasses.field(default_factory=list)
+  problems: List[str] = dataclasses.field(default_factory=list)
+  resumed_from: Optional[str] = None
+
+  @property
+  def renamed(self) -> List[Entry]:
+    return [e for e in self.loaded if e.name != e.checkpoint_name]
+
+  def to_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out["renamed"] = [dataclasses.asdict(e) for e in self.renamed]
+    return out
+
+  def to_json(self, indent: Optional[int] = 2) -> str:
+    return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+  def __str__(self):
+    nbytes = sum(_nbytes(e) for e in self.loaded)
+    model_count = len(self.loaded) + len(self.skipped) + len(self.missing) + len(
+        self.not_selected)
+    lines = []
+    if self.resumed_from:
+      lines.append("warm start NOT applied: model_dir holds checkpoint %s, training resumes "
+                   "from it" % self.resumed_from)
+    lines.append("warm start from %s%s: %d of %d model variables loaded (%s)" % (
+        self.source, "" if self.step is None else " (step %d)" % self.step, len(self.loaded),
+        model_count, _human_bytes(nbytes)))
+    if self.loaded:
+      lines.append("  loaded:")
+      width = max(len(e.name) for e in self.loaded)
+      for e in self.loaded:
+        lines.append("    %-*s  %-16s %-8s %s%s" % (
+            width, e.name, _shape(e.shape), e.dtype, e.kind,
+            "  <- %s" % e.checkpoint_name if e.name != e.checkpoint_name else ""))
+    for title, entries in (("skipped", self.skipped),
+                           ("missing from the checkpoint (left to their initializers)",
+                            self.missing)):
+      if entries:
+        lines.append("  %s:" % title)
+        lines.extend("    %s: %s" % (e.name, e.reason) for e in entries)
+    if self.not_selected:
+      lines.append("  not selected (%d): %s" % (len(self.not_selected), _summarize(
+          [e.name for e in self.not_selected])))
+    if self.frozen:
+      lines.append("  frozen (not trainable): %s" % ", ".join(self.frozen))
+    if self.unused_checkpoint_tensors:
+      lines.append("  checkpoint tensors nobody read (%d): %s" % (
+          len(self.unused_checkpoint_tensors), _summarize(self.unused_checkpoint_tensors)))
+    for title, items in (("unused patterns", self.unused_patterns),
+                         ("unused rename rules", self.unused_rules),
+                         ("problems", self.problems)):
+      if items:
+        lines.append("  %s:" % title)
+        lines.extend("    - " + item for item in items)
+    return "\n".join(lines)
+
+
+def _nbytes(entry):
+  return VariableInfo.make(entry.name, entry.shape, entry.dtype).nbytes
+
+
+def _shape(shape):
+  return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _human_bytes(n):
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
+    n /= 1024.0
+
+
+def _summarize(names, limit=8):
+  """Names grouped by kind: weights are listed, optimizer state only counted."""
+  by_kind = {}
+  for name in names:
+    by_kind.setdefault(_kinds.kind_of(name), []).append(name)
+  parts = []
+  for kind, members in sorted(by_kind.items()):
+    if kind in _RESET_KINDS:
+      parts.append("%d %s" % (len(members), kind))
+    else:
+      shown = ", ".join(members[:limit]) + (" ..." if len(members) > limit else "")
+      parts.append("%d %s (%s)" % (len(members), kind, shown))
+  return "; ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+  """One model variable initialized from one checkpoint tensor."""
+  name: str
+  checkpoint_name: str
+  vocab: Optional[object] = None  # a tf.estimator.VocabInfo, passed through to TF
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A planned warm start.
+
+  Attributes:
+    source: the resolved checkpoint.
+    assignments: the variables to load, in model order.
+    report: what will be loaded, skipped and why.
+  """
+  source: CheckpointRef
+  assignments: Tuple[Assignment, ...]
+  report: Report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decision:
+  variable: VariableInfo
+  action: str
+  checkpoint_name: str
+  reason: str = ""
+  rule: Optional[_rename.Rule] = None
+  problem: str = ""
+
+  def entry(self):
+    v = self.variable
+    return Entry(v.name, self.checkpoint_name, v.shape, v.dtype, v.kind, self.reason)
+
+
+class Planner:
+  """Holds validated warm-start arguments and the source's variable list.
+
+  Every argument is checked here, at construction, so a bad call fails before any graph exists.
+  """
+
+  def __init__(self, source, *, include=".*", exclude=None, rename=None, vocab=None,
+               freeze=False, on_shape_mismatch="error", optimizer_state="reset", step=None):
+    self.include = _select.compile_patterns(include, "include")
+    if not self.include:
+      raise PatternError("include is empty: nothing would be warm-started. Pass a regex such as "
+                         "'.*' or a list of names.")
+    self.exclude = _select.compile_patterns(exclude, "exclude")
+    self.rules = _rename.compile_rules(rename)
+    self.vocab = _check_vocab(vocab)
+    self.shape_policies = _compile_shape_policies(on_shape_mismatch)
+    if optimizer_state not in OPTIMIZER_STATES:
+      raise WarmStartError("optimizer_state must be 'reset' (leave optimizer slots and the step "
+                           "at their initializers) or 'keep'; got %r" % (optimizer_state,))
+    self.optimizer_state = optimizer_state
+    if isinstance(freeze, bool):
+      self.freeze_patterns = ()
+      self.freeze_loaded = freeze
+    else:
+      self.freeze_patterns = _select.compile_patterns(freeze, "freeze")
+      self.freeze_loaded = False
+    self.source = _checkpoint.resolve_checkpoint(source, step)
+    with _checkpoint.Reader(self.source) as reader:
+      self.source_variables = reader.variables
+    if self.vocab and self.source.kind == _checkpoint.NPZ:
+      raise WarmStartError("vocab remapping needs a TF checkpoint; %s is a .npz file"
+                           % self.source.prefix)
+
+  @property
+  def freezes(self) -> bool:
+    return self.freeze_loaded or bool(self.freeze_patterns)
+
+  def is_frozen(self, variable: VariableInfo) -> bool:
+    """Whether `variable` is to be frozen (decided from its name, shape and dtype alone)."""
+    if self.freeze_loaded:
+      return self.decide(variable).action == LOAD
+    return _select.first_match(self.freeze_patterns, variable.name) is not None
+
+  def _shape_policy(self, name):
+    for pattern, policy in self.shape_policies:
+      if pattern is None or pattern.matches(name):
+        return policy
+    return "error"
+
+  def decide(self, variable: VariableInfo) -> _Decision:
+    """Decides what happens to one model variable."""
+    name = variable.name
+    if _select.first_match(self.include, name) is None:
+      return _Decision(variable, NOT_SELECTED, name, "not matched by include")
+    excluded = _select.first_match(self.exclude, name)
+    if excluded is not None:
+      return _Decision(variable, NOT_SELECTED, name, "excluded by %r" % excluded.text)
+    if self.optimizer_state == "reset" and variable.kind in _RESET_KINDS:
+      return _Decision(variable, SKIP, name, "%s: optimizer_state='reset' leaves it at its "
+                       "initializer" % variable.kind)
+    ckpt_name, rule = _rename.checkpoint_name(self.rules, name)
+    source = self.source_variables.get(ckpt_name)
+    if source is None:
+      problem = ""
+      if rule is not None:
+        problem = ("rename rule %s maps model variable %r to %r, which is not in the checkpoint."
+                   "%s" % (rule, name, ckpt_name,
+                           _select.closest(ckpt_name, list(self.source_variables))))
+      return _Decision(variable, MISSING, ckpt_name, "not in the checkpoint", rule, problem)
+    if source.dtype != variable.dtype:
+      return _Decision(variable, SKIP, ckpt_name, "dtype differs", rule, problem=(
+          "dtype mismatch for %r: model %s vs checkpoint %r %s. Exclude it, or rename it to a "
+          "tensor of dtype %s." % (name, variable.dtype, ckpt_name, source.dtype,
+                                   variable.dtype)))
+    has_vocab = name in self.vocab
+    if source.shape != variable.shape and not has_vocab:
+      policy = self._shape_policy(name)
+      reason = "shape %s vs checkpoint %s" % (_shape(variable.shape), _shape(source.shape))
+      if policy == "skip":
+        return _Decision(variable, SKIP, ckpt_name, reason + " (on_shape_mismatch='skip')", rule)
+      return _Decision(variable, SKIP, ckpt_name, reason, rule, problem=(
+          "shape mismatch for %r: model %s vs checkpoint %r %s. Fixes: exclude it "
+          "(exclude=%r), skip mismatches (on_shape_mismatch='skip' or {%r: 'skip'}), or rename "
+          "it to a tensor of the model's shape." % (
+              name, _shape(variable.shape), ckpt_name, _shape(source.shape), name, name)))
+    return _Decision(variable, LOAD, ckpt_name, "", rule)
+
+  def plan(self, model_variables: Sequence[VariableInfo], resumed_from=None) -> Plan:
+    """Plans the warm start of `model_variables`.
+
+    Raises:
+      PlanError: listing every problem (unused patterns and rules, mismatches, ...); its
+        `.report` holds the report as far as it got.
+    """
+    decisions = [self.decide(v) for v in model_variables]
+    names = [v.name for v in model_variables]
+    selected = [d for d in decisions if d.action != NOT_SELECTED]
+    report = Report(self.source.prefix, self.source.step, resumed_from=resumed_from)
+    problems = [d.problem for d in decisions if d.problem]
+
+    for pattern in self.include:
+      matched = [d for d in decisions if pattern.matches(d.variable.name)]
+      if not matched:
+        report.unused_patterns.append("include %r" % pattern.text)
+        problems.append("include pattern %r matches no model variable.%s" % (
+            pattern.text, _select.closest(pattern.text, names)))
+      elif not any(d.action == LOAD for d in matched) and not any(d.problem for d in matched):
+        report.unused_patterns.append("include %r" % pattern.text)
+        problems.append("include pattern %r matches %d model variable(s) but loads none: %s" % (
+            pattern.text, len(matched), "; ".join(
+                "%s: %s" % (d.variable.name, d.reason) for d in matched[:4])))
+    for what, patterns in (("exclude", self.exclude), ("freeze", self.freeze_patterns),
+                           ("on_shape_mismatch", [p for p, _ in self.shape_policies if p])):
+      for pattern in patterns:
+        if not any(pattern.matches(n) for n in names):
+          report.unused_patterns.append("%s %r" % (what, pattern.text))
+          problems.append("%s pattern %r matches no model variable.%s" % (
+              what, pattern.text, _select.closest(pattern.text, names)))
+    for rule in self.rules:
+      if not any(d.rule is rule for d in selected):
+        report.unused_rules.append(str(rule))
+        matched = [n for n in names if rule.pattern.matches(n)]
+        problems.append("rename rule %s was never used: %s" % (rule, (
+            "it matches only variables that are not selected (%s)" % ", ".join(matched[:3])
+            if matched else "it matches no model variable." + _select.closest(
+                rule.pattern.text, names))))
+    loaded_names = {d.variable.name for d in decisions if d.action == LOAD}
+    for name in self.vocab:
+      if name not in loaded_names:
+        problems.append("vocab names %r, which is not a warm-started model variable.%s" % (
+            name, _select.closest(name, names)))
+
+    by_action = {LOAD: report.loaded, SKIP: report.skipped, MISSING: report.missing,
+                 NOT_SELECTED: report.not_selected}
+    for d in decisions:
+      by_action[d.action].append(d.entry())
+    used = {d.checkpoint_name for d in decisions if d.action == LOAD}
+    report.unused_checkpoint_tensors = [n for n in self.source_variables if n not in used]
+    report.frozen = [v.name for v in model_variables if self.freezes and self.is_frozen(v)]
+    report.problems = problems
+    if problems:
+      raise PlanError(
+          "cannot warm-start from %s (%d problem%s):\n%s" % (
+              self.source.prefix, len(problems), "" if len(problems) == 1 else "s",
+              "\n".join("  - " + p for p in problems)), problems, report)
+    assignments = tuple(
+        Assignment(d.variable.name, d.checkpoint_name, self.vocab.get(d.variable.name))
+        for d in decisions if d.action == LOAD)
+    return Plan(self.source, assignments, report)
+
+
+def _check_vocab(vocab) -> Dict[str, object]:
+  if vocab is None:
+    return {}
+  if not isinstance(vocab, Mapping) or not all(
+      isinstance(k, str) and isinstance(v, tf.estimator.VocabInfo) for k, v in vocab.items()):
+    raise WarmStartError("vocab must be a dict {model_variable_name: tf.estimator.VocabInfo}; "
+                         "got %r" % (vocab,))
+  return dict(vocab)
+
+
+def _compile_shape_policies(on_shape_mismatch):
+  """Returns [(Pattern or None for 'everything', policy)] in the order to try."""
+  def check(policy):
+    if policy == "partial":
+      raise WarmStartError("on_shape_mismatch='partial' is not available yet; use 'error' or "
+                           "'skip'")
+    if policy not in SHAPE_POLICIES:
+      raise WarmStartError("on_shape_mismatch must be one of %s (or a dict {pattern: policy}); "
+                           "got %r" % (", ".join(map(repr, SHAPE_POLICIES)), policy))
+    return policy
+  if isinstance(on_shape_mismatch, Mapping):
+    return [(_select.compile_pattern(p, "on_shape_mismatch"), check(policy))
+            for p, policy in on_shape_mismatch.items()]
+  return [(None, check(on_shape_mismatch))]
