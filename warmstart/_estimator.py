@@ -215,7 +215,7 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
     return warm_started_model_fn
 
   wrapped = _model_fn.rewrap(model_fn_or_estimator, wrap, model_dir=model_dir, params=params,
-                            config=config)
+                            config=config, warm_start_from=warm_start_from)
   if isinstance(wrapped, tf.estimator.Estimator):
     return wrapped
   config = (config or tf.estimator.RunConfig()).replace(model_dir=model_dir)

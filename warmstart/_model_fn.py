@@ -24,7 +24,8 @@ def rewrap(model_fn_or_estimator, wrap, model_dir=None, params=None, config=None
   """Applies `wrap` to a model_fn, or to an Estimator's model_fn giving a new Estimator.
 
   Returns the same kind as given. An Estimator keeps its model_dir, config, params and
-  warm-start settings unless overridden.
+  warm-start settings unless overridden. `warm_start_from` names the source the wrapped model_fn
+  warm-starts from itself: an Estimator that has warm-start settings of its own is then refused.
   """
   if isinstance(model_fn_or_estimator, tf.estimator.Estimator):
     estimator = model_fn_or_estimator
@@ -39,7 +40,7 @@ def rewrap(model_fn_or_estimator, wrap, model_dir=None, params=None, config=None
     return tf.estimator.Estimator(
         model_fn=wrap(estimator.model_fn), model_dir=model_dir, config=config,
         params=estimator.params if params is None else params,
-        warm_start_from=existing if warm_start_from is None else warm_start_from)
+        warm_start_from=existing)
   if callable(model_fn_or_estimator):
     return wrap(model_fn_or_estimator)
   raise WarmStartError("expected a model_fn or a tf.estimator.Estimator; got %s %r"

@@ -1,0 +1,109 @@
+"""Shared helpers: tiny real checkpoints and model_fns (no mocks of TensorFlow)."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+
+def write_checkpoint(directory, tensors, step=None, basename="model.ckpt", state_file=True):
+  """Writes a V2 checkpoint holding exactly `tensors` ({name: array}); returns its prefix."""
+  os.makedirs(directory, exist_ok=True)
+  with tf.Graph().as_default():
+    variables = {name: tf.compat.v1.Variable(np.asarray(value), name="v%d" % i)
+                 for i, (name, value) in enumerate(tensors.items())}
+    saver = tf.compat.v1.train.Saver(variables)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      prefix = saver.save(session, os.path.join(directory, basename), global_step=step,
+                          write_meta_graph=False, write_state=state_file)
+  return prefix
+
+
+def read(prefix, name):
+  return tf.train.load_checkpoint(prefix).get_tensor(name)
+
+
+def same_bits(a, b):
+  a, b = np.asarray(a), np.asarray(b)
+  return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def input_fn(features=6, classes=2, batch=16, seed=0):
+  """A small deterministic classification dataset."""
+  def fn():
+    rng = np.random.RandomState(seed)
+    x = rng.rand(64, features).astype(np.float32)
+    y = (x.sum(axis=1) * classes / features).astype(np.int32).clip(0, classes - 1)
+    return tf.data.Dataset.from_tensor_slices(({"x": x}, y)).batch(batch).repeat()
+  return fn
+
+
+def mlp_model_fn(features, labels, mode, params):
+  """MNIST-example-shaped MLP: mnist/hidden, optional mnist/hidden2, mnist/logits.
+
+  params: layers ('v1' tf.compat.v1.layers, 'keras' tf.keras.layers, 'get_variable'),
+  optimizer ('sgd', 'adam', 'momentum'), deeper (bool), classes, batch_norm (bool),
+  var_list ('default', 'all' for an explicit list of every trainable-at-creation variable).
+  """
+  x = features["x"] if isinstance(features, dict) else features
+  training = mode == tf.estimator.ModeKeys.TRAIN
+  layers = params.get("layers", "v1")
+  created = []
+  with tf.compat.v1.variable_scope("mnist"):
+    def dense(inputs, units, name, activation=None):
+      if layers == "keras":
+        layer = tf.keras.layers.Dense(units, activation=activation, name=name)
+        out = layer(inputs)
+        created.extend(layer.weights)
+        return out
+      if layers == "get_variable":
+        with tf.compat.v1.variable_scope(name):
+          kernel = tf.compat.v1.get_variable("kernel", [inputs.shape[-1], units])
+          bias = tf.compat.v1.get_variable("bias", [units],
+                                           initializer=tf.compat.v1.zeros_initializer())
+        created.extend([kernel, bias])
+        out = tf.matmul(inputs, kernel) + bias
+        return activation(out) if activation else out
+      return tf.compat.v1.layers.dense(inputs, units, activation=activation, name=name)
+    h = dense(x, params.get("hidden", 8), "hidden", tf.nn.relu)
+    if params.get("batch_norm"):
+      h = tf.compat.v1.layers.batch_normalization(h, training=training, name="bn")
+    if params.get("deeper"):
+      h = dense(h, 8, "hidden2", tf.nn.relu)
+    logits = dense(h, params.get("classes", 2), "logits")
+  if mode == tf.estimator.ModeKeys.PREDICT:
+    return tf.estimator.EstimatorSpec(mode, predictions={"logits": logits})
+  loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+  optimizer = {
+      "sgd": lambda: tf.compat.v1.train.GradientDescentOptimizer(0.1),
+      "adam": lambda: tf.compat.v1.train.AdamOptimizer(0.01),
+      "momentum": lambda: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
+  }[params.get("optimizer", "adam")]()
+  var_list = created if params.get("var_list") == "all" else None
+  with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+    train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_global_step(),
+                                  var_list=var_list)
+  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def train(model_dir, params=None, steps=5, model_fn=mlp_model_fn, features=6, **kwargs):
+  """Trains an mlp_model_fn Estimator; returns its latest checkpoint prefix."""
+  params = dict(params or {})
+  estimator = tf.estimator.Estimator(
+      model_fn, model_dir=str(model_dir), params=params,
+      config=tf.estimator.RunConfig(tf_random_seed=1), **kwargs)
+  estimator.train(input_fn(features, params.get("classes", 2)), steps=steps)
+  return tf.train.latest_checkpoint(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory):
+  """A trained base model (Adam, so it has optimizer slots); returns its directory."""
+  directory = tmp_path_factory.mktemp("base")
+  train(directory, {"optimizer": "adam"}, steps=10)
+  return str(directory)
