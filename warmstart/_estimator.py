@@ -255,6 +255,7 @@ def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None,
     raise WarmStartError("plan() needs input_fn to build the graph of a model_fn or Estimator "
                          "target (or pass a checkpoint of the target model instead)")
   with tf.Graph().as_default():
+    tf.compat.v1.train.get_or_create_global_step()  # as Estimator does before the model_fn
     features, labels = _input(input_fn)
     model_fn = target
     if isinstance(target, tf.estimator.Estimator):
