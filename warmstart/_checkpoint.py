@@ -284,6 +284,9 @@ def _npz_header(npz, name):
   with npz.zip.open(name + ".npy") as member:
     version = np.lib.format.read_magic(member)
     shape, _, dtype = np.lib.format._read_array_header(member, version)  # pylint: disable=protected-access
+  if dtype.hasobject:
+    raise CheckpointReadError("%s: array %r holds Python objects; only numeric and string arrays "
+                              "are read (never unpickled)" % (npz.zip.filename, name))
   return shape, dtype
 
 

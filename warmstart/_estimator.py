@@ -56,7 +56,8 @@ class _Settings(tf.estimator.WarmStartSettings):
 
 
 def settings(source, *, include=".*", exclude=None, rename=None, vocab=None,
-             optimizer_state="reset", step=None) -> tf.estimator.WarmStartSettings:
+             optimizer_state="reset", step=None,
+             check_finite=False) -> tf.estimator.WarmStartSettings:
   """Returns a `tf.estimator.WarmStartSettings` for any Estimator, canned ones included.
 
   Unlike TF's own, patterns fully match names (a list is a list of regexes, not prefixes),
@@ -74,6 +75,7 @@ def settings(source, *, include=".*", exclude=None, rename=None, vocab=None,
     optimizer_state: 'reset' (optimizer slots, beta powers and global_step keep their
       initializers) or 'keep'.
     step: pick this step in a directory source; -1 or None for the latest.
+    check_finite: also refuse tensors to be loaded that hold NaN or Inf.
 
   Returns:
     A `tf.estimator.WarmStartSettings` to pass as `warm_start_from`.
@@ -87,7 +89,7 @@ def settings(source, *, include=".*", exclude=None, rename=None, vocab=None,
     ...     "base_model", exclude="dnn/logits/.*"))
   """
   arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab,
-                   optimizer_state=optimizer_state, step=step)
+                   optimizer_state=optimizer_state, step=step, check_finite=check_finite)
   planner = Planner(source, **arguments)
   return _Settings(planner, ", ".join("%s=%r" % kv for kv in arguments.items()
                                       if kv[1] is not None))
@@ -117,6 +119,20 @@ def _write_report(model_dir, report):
   return path
 
 
+def _check_writable(model_dir):
+  """Fails now, not after the first training step, if model_dir cannot be written."""
+  if "://" in model_dir:
+    return  # Remote file systems report their own errors.
+  existing = model_dir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise WarmStartError(
+        "model_dir %s cannot be written: %s is %s. Pick a directory you can write to."
+        % (model_dir, existing, "not a directory" if not os.path.isdir(existing)
+           else "not writable"))
+
+
 def _frozen_from_report(model_dir):
   """The frozen names recorded by the first run, for resuming when the source is gone."""
   path = os.path.join(model_dir, REPORT_FILE)
@@ -132,7 +148,7 @@ def _frozen_from_report(model_dir):
 def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include=".*",
                    exclude=None, rename=None, vocab=None, freeze=False,
                    on_shape_mismatch="error", optimizer_state="reset", step=None, params=None,
-                   config=None) -> tf.estimator.Estimator:
+                   config=None, check_finite=False) -> tf.estimator.Estimator:
   """Builds an Estimator that warm-starts from a checkpoint once, and optionally freezes.
 
   On the first training run the planned variables are initialized from `warm_start_from`
@@ -150,6 +166,7 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
     on_shape_mismatch: 'error' or 'skip', or a dict {pattern: policy}.
     params: params for the model_fn (default: the estimator's).
     config: a `tf.estimator.RunConfig` (default: the estimator's); its model_dir is replaced.
+    check_finite: also refuse tensors to be loaded that hold NaN or Inf.
 
   Returns:
     A `tf.estimator.Estimator`.
@@ -167,9 +184,10 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
   if not model_dir:
     raise WarmStartError("model_dir is required: the warm-started model trains there")
   model_dir = os.fspath(model_dir)
+  _check_writable(model_dir)
   arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab, freeze=freeze,
                    on_shape_mismatch=on_shape_mismatch, optimizer_state=optimizer_state,
-                   step=step)
+                   step=step, check_finite=check_finite)
   try:
     planner = Planner(warm_start_from, **arguments)
   except _checkpoint.CheckpointNotFoundError:
@@ -224,7 +242,7 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
 
 def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None, freeze=False,
          on_shape_mismatch="error", optimizer_state="reset", step=None, params=None,
-         config=None, input_fn=None) -> Plan:
+         config=None, input_fn=None, check_finite=False) -> Plan:
   """Plans a warm start without training anything (a dry run).
 
   Args:
@@ -235,6 +253,7 @@ def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None,
     include, exclude, rename, vocab, freeze, on_shape_mismatch, optimizer_state, step, params,
       config: as for `estimator_from`.
     input_fn: with a model_fn or Estimator target, the input_fn whose output it takes.
+    check_finite: also refuse tensors to be loaded that hold NaN or Inf.
 
   Returns:
     A Plan: `.assignments` and `.report` (str() for people, .to_json() for machines).
@@ -248,7 +267,7 @@ def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None,
   """
   planner = Planner(source, include=include, exclude=exclude, rename=rename, vocab=vocab,
                     freeze=freeze, on_shape_mismatch=on_shape_mismatch,
-                    optimizer_state=optimizer_state, step=step)
+                    optimizer_state=optimizer_state, step=step, check_finite=check_finite)
   if isinstance(target, (str, os.PathLike, _checkpoint.CheckpointRef)):
     return planner.plan(_checkpoint.list_variables(target))
   if input_fn is None:

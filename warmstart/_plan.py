@@ -10,6 +10,7 @@ import json
 import logging
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from warmstart import _checkpoint
@@ -17,7 +18,7 @@ from warmstart import _kinds
 from warmstart import _rename
 from warmstart import _select
 from warmstart._checkpoint import CheckpointRef, VariableInfo
-from warmstart._errors import PatternError, PlanError, WarmStartError
+from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ class Planner:
   """
 
   def __init__(self, source, *, include=".*", exclude=None, rename=None, vocab=None,
-               freeze=False, on_shape_mismatch="error", optimizer_state="reset", step=None):
+               freeze=False, on_shape_mismatch="error", optimizer_state="reset", step=None,
+               check_finite=False):
+    self.check_finite = bool(check_finite)
     self.include = _select.compile_patterns(include, "include")
     if not self.include:
       raise PatternError("include is empty: nothing would be warm-started. Pass a regex such as "
@@ -335,7 +338,29 @@ class Planner:
     assignments = tuple(
         Assignment(d.variable.name, d.checkpoint_name, self.vocab.get(d.variable.name))
         for d in decisions if d.action == LOAD)
+    if resumed_from is None:
+      self._verify(assignments)
     return Plan(self.source, assignments, report)
+
+  def _verify(self, assignments):
+    """Reads every tensor to be loaded once, now.
+
+    TF checks each tensor's crc32c as it reads it, so a corrupt source fails here with our error
+    instead of later inside the training session; `check_finite` also looks for NaN and Inf.
+    """
+    non_finite = []
+    with _checkpoint.Reader(self.source) as reader:
+      for name in sorted({a.checkpoint_name for a in assignments}):
+        value = reader.read(name)
+        if self.check_finite and value.dtype.kind in "fc":
+          finite = np.count_nonzero(np.isfinite(value))
+          if finite != value.size:
+            non_finite.append("%s (%d of %d elements)" % (name, value.size - finite, value.size))
+    if non_finite:
+      raise CheckpointReadError(
+          "checkpoint %s has NaN or Inf values in tensors to be loaded: %s. Exclude them, or "
+          "warm-start from an earlier checkpoint (step=N)." % (self.source.prefix,
+                                                                 ", ".join(non_finite)))
 
 
 def _check_vocab(vocab) -> Dict[str, object]:
