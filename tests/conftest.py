@@ -1,4 +1,11 @@
-"""Shared helpers: tiny real checkpoints and model_fns (no mocks of TensorFlow)."""
+"""Shared helpers: tiny real checkpoints and model_fns (no mocks of TensorFlow).
+
+Every checkpoint a test writes as a source is fingerprinted (bytes and mtime); after each test
+the autouse `sources_stay_untouched` check asserts none changed: the library never writes into a
+source. Tests that damage their own inputs on purpose call `mark_modified` afterwards.
+"""
+import glob
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -8,6 +15,37 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
+
+
+_SOURCES = {}  # path -> (sha256, mtime_ns, keep after the test)
+
+
+def _fingerprint(path):
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns
+
+
+def register_source(prefix, keep=False):
+  """Fingerprints a checkpoint's files; `keep` for sources shared across tests."""
+  for path in glob.glob(glob.escape(prefix) + ".*"):
+    if path.endswith(".index") or ".data-" in path:
+      _SOURCES[path] = _fingerprint(path) + (keep,)
+
+
+def mark_modified(path):
+  """Records that a test changed one of its own source files on purpose."""
+  if path in _SOURCES:
+    _SOURCES[path] = _fingerprint(path) + (_SOURCES[path][2],)
+
+
+@pytest.fixture(autouse=True)
+def sources_stay_untouched():
+  yield
+  changed = [p for p, (sha, mtime, _) in _SOURCES.items()
+             if os.path.exists(p) and _fingerprint(p) != (sha, mtime)]
+  for path in [p for p, entry in _SOURCES.items() if not entry[2]]:
+    del _SOURCES[path]
+  assert not changed, "source checkpoint files were changed: %s" % changed
 
 
 def write_checkpoint(directory, tensors, step=None, basename="model.ckpt", state_file=True):
@@ -21,6 +59,7 @@ def write_checkpoint(directory, tensors, step=None, basename="model.ckpt", state
       session.run(tf.compat.v1.global_variables_initializer())
       prefix = saver.save(session, os.path.join(directory, basename), global_step=step,
                           write_meta_graph=False, write_state=state_file)
+  register_source(prefix)
   return prefix
 
 
@@ -98,12 +137,14 @@ def train(model_dir, params=None, steps=5, model_fn=mlp_model_fn, features=6, **
       model_fn, model_dir=str(model_dir), params=params,
       config=tf.estimator.RunConfig(tf_random_seed=1), **kwargs)
   estimator.train(input_fn(features, params.get("classes", 2)), steps=steps)
-  return tf.train.latest_checkpoint(str(model_dir))
+  prefix = tf.train.latest_checkpoint(str(model_dir))
+  register_source(prefix)
+  return prefix
 
 
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory):
   """A trained base model (Adam, so it has optimizer slots); returns its directory."""
   directory = tmp_path_factory.mktemp("base")
-  train(directory, {"optimizer": "adam"}, steps=10)
+  register_source(train(directory, {"optimizer": "adam"}, steps=10), keep=True)
   return str(directory)

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 import warmstart
-from conftest import input_fn, mlp_model_fn, read, same_bits, train, write_checkpoint
+from conftest import (input_fn, mlp_model_fn, read, register_source, same_bits, train,
+                      write_checkpoint)
 
 HIDDEN = ["mnist/hidden/kernel", "mnist/hidden/bias"]
 
@@ -24,6 +25,7 @@ def trained_values(prefix, names):
 def bn_model(tmp_path_factory):
   directory = tmp_path_factory.mktemp("bn_base")
   prefix = train(directory, {"batch_norm": True, "optimizer": "sgd"}, steps=10)
+  register_source(prefix, keep=True)
   # Training moved the statistics away from their initializers (0 and 1).
   assert not np.allclose(read(prefix, "mnist/bn/moving_mean"), 0)
   return prefix
