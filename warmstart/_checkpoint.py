@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from warmstart import _bundle
 from warmstart import _kinds
 from warmstart._errors import CheckpointNotFoundError, CheckpointReadError, WarmStartError
 
@@ -237,12 +238,16 @@ class Reader:
     self.ref = ref
     self._npz = None
     self._tf = None
+    self.index = None  # the parsed .index of a TF checkpoint (a _bundle.BundleIndex)
     try:
       if ref.kind == NPZ:
         self._npz = np.load(ref.prefix, allow_pickle=False)
         self._infos = {name: VariableInfo.make(name, *_npz_header(self._npz, name))
                        for name in self._npz.files}
       else:
+        # TF's C++ reader can abort the process on a crafted index: validate it first.
+        self.index = _bundle.read_index(ref.prefix)
+        _bundle.check_data_files(self.index)
         self._tf = tf.train.load_checkpoint(ref.prefix)
         shapes = self._tf.get_variable_to_shape_map()
         dtypes = self._tf.get_variable_to_dtype_map()
