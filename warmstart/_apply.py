@@ -55,15 +55,18 @@ def graph_variables(graph=None) -> Dict[str, Tuple[VariableInfo, List]]:
   return out
 
 
+def warm_start_arguments(plan, variables: Dict[str, Tuple[VariableInfo, List]]):
+  """TF's `warm_start` arguments for a plan: (prefix, variables, vocab infos, renames)."""
+  var_list = [v for a in plan.assignments for v in variables[a.name][1]]
+  vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
+  renames = {a.name: a.checkpoint_name for a in plan.assignments if a.name != a.checkpoint_name}
+  return materialize(plan.source), var_list, vocab, renames
+
+
 def apply(plan, variables: Dict[str, Tuple[VariableInfo, List]]) -> None:
   """Makes the planned variables' initializers read the checkpoint."""
-  if not plan.assignments:
-    return
-  prefix = materialize(plan.source)
-  var_list = [v for a in plan.assignments for v in variables[a.name][1]]
-  renames = {a.name: a.checkpoint_name for a in plan.assignments if a.name != a.checkpoint_name}
-  vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
-  tf.compat.v1.train.warm_start(prefix, var_list, vocab, renames)
+  if plan.assignments:
+    tf.compat.v1.train.warm_start(*warm_start_arguments(plan, variables))
 
 
 _materialized = {}

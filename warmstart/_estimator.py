@@ -42,11 +42,7 @@ class _Settings(tf.estimator.WarmStartSettings):
     variables = _apply.graph_variables(graph)
     plan = self._planner.plan([info for info, _ in variables.values()])
     logger.info("%s", plan.report)
-    var_list = [v for a in plan.assignments for v in variables[a.name][1]]
-    renames = {a.name: a.checkpoint_name for a in plan.assignments
-               if a.name != a.checkpoint_name}
-    vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
-    return iter((self.ckpt_to_initialize_from, var_list, vocab, renames))
+    return iter(_apply.warm_start_arguments(plan, variables))
 
   def __reduce__(self):
     raise TypeError("warmstart settings cannot be pickled; call warmstart.settings() again")
