@@ -1,0 +1,382 @@
+"""warmstart: list checkpoints, dry-run warm starts and diff checkpoints.
+
+Usage:
+  warmstart ls CKPT [--include RE]... [--exclude RE]... [--json]
+      Variables of a checkpoint: name, shape, dtype, size, kind, and totals.
+
+  warmstart plan --from SRC --to TARGET_CKPT [--include RE]... [--exclude RE]...
+                 [--rename 'PATTERN=TEMPLATE']... [--optimizer_state reset|keep]
+                 [--on_shape_mismatch error|skip] [--json]
+      What warm-starting the model saved in TARGET_CKPT from SRC would load, rename, skip
+      (and why) and leave missing; nothing is trained. Rename rules map model (TARGET) names
+      to SRC names.
+
+  warmstart diff A B [--include RE]... [--exclude RE]... [--atol X] [--rtol Y]
+                 [--expect-same RE]... [--expect-changed RE]... [--values NAME]...
+                 [--rename 'PATTERN=TEMPLATE']... [--json]
+      Tensor by tensor: identical, changed (max |d|, mean |d|, differing elements, max
+      relative d), shape_differs, dtype_differs, only_in_a, only_in_b. --expect-same and
+      --expect-changed check that every tensor a regex matches is identical / changed;
+      --values prints a tensor of both sides; --rename maps B's names onto A's.
+
+CKPT, SRC, A, B: a checkpoint prefix (dir/model.ckpt-100), a directory (its latest
+checkpoint), a SavedModel directory or a .npz file. Regexes match whole names
+('mnist/hidden/.*'); flags may be repeated and written with '-' or '_'.
+
+Exit status, like diff(1): 0 identical / every expectation holds / plan is fine;
+1 differences / an expectation fails; 2 bad usage or unreadable input.
+"""
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+import warmstart
+from warmstart import _checkpoint
+from warmstart import _select
+
+_INCLUDE = flags.DEFINE_multi_string(
+    "include", None, "Regex (fully matched) of tensor / variable names to take; repeatable.")
+_EXCLUDE = flags.DEFINE_multi_string(
+    "exclude", None, "Regex of names to leave out; repeatable.")
+_JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of text.")
+_FROM = flags.DEFINE_string("from", None, "plan: the checkpoint to warm-start from.")
+_TO = flags.DEFINE_string("to", None, "plan: a checkpoint of the model to warm-start.")
+_RENAME = flags.DEFINE_multi_string(
+    "rename", None, "'PATTERN=TEMPLATE': plan: model names matching PATTERN read the checkpoint "
+    "tensor TEMPLATE (\\1 for groups); diff: B names matching PATTERN are compared with A's "
+    "TEMPLATE. Repeatable.")
+_OPTIMIZER_STATE = flags.DEFINE_enum(
+    "optimizer_state", "reset", ["reset", "keep"],
+    "plan: 'reset' leaves optimizer slots and the step to their initializers; 'keep' loads them.")
+_ON_SHAPE_MISMATCH = flags.DEFINE_enum(
+    "on_shape_mismatch", "error", ["error", "skip"],
+    "plan: what a shape mismatch does: 'error' or 'skip' the variable.")
+_ATOL = flags.DEFINE_float("atol", 0.0, "diff: absolute tolerance.", lower_bound=0.0)
+_RTOL = flags.DEFINE_float("rtol", 0.0, "diff: relative tolerance (of |B|).", lower_bound=0.0)
+_EXPECT_SAME = flags.DEFINE_multi_string(
+    "expect_same", None, "diff: regex; every tensor it matches must be identical. Repeatable.")
+_EXPECT_CHANGED = flags.DEFINE_multi_string(
+    "expect_changed", None, "diff: regex; every tensor it matches must be changed. Repeatable.")
+_VALUES = flags.DEFINE_multi_string(
+    "values", None, "diff: print this tensor of A and of B. Repeatable.")
+
+PROGRAM = "warmstart"
+EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
+
+# Which of our flags each command takes (anything else given is a usage error).
+_COMMAND_FLAGS = {
+    "ls": (_INCLUDE, _EXCLUDE, _JSON),
+    "plan": (_FROM, _TO, _INCLUDE, _EXCLUDE, _RENAME, _OPTIMIZER_STATE, _ON_SHAPE_MISMATCH,
+             _JSON),
+    "diff": (_INCLUDE, _EXCLUDE, _ATOL, _RTOL, _EXPECT_SAME, _EXPECT_CHANGED, _VALUES, _RENAME,
+             _JSON),
+}
+_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B")}
+_OWN_FLAGS = sorted({holder.name for holders in _COMMAND_FLAGS.values() for holder in holders})
+_HELP = ("-h", "-help", "--help", "--helpshort", "-?", "help")
+
+
+class _Trouble(Exception):
+  """Bad usage or unreadable input: reported as one line on stderr, exit status 2."""
+
+
+def _error_line(message) -> str:
+  return "%s: error: %s\n" % (PROGRAM, str(message).strip())
+
+
+def _normalize(argv):
+  """Spells hyphenated long flags the absl way: `--expect-same` -> `--expect_same`."""
+  out = list(argv[:1])
+  rest = iter(argv[1:])
+  for arg in rest:
+    if arg == "--":
+      out.append(arg)
+      out.extend(rest)
+      break
+    if arg.startswith("-") and "-" in arg.lstrip("-"):
+      dashes = "--" if arg.startswith("--") else "-"
+      name, equals, value = arg[len(dashes):].partition("=")
+      underscored = name.replace("-", "_")
+      if name not in flags.FLAGS and underscored in flags.FLAGS:
+        arg = dashes + underscored + equals + value
+    out.append(arg)
+  return out
+
+
+def _parse_flags(argv):
+  """absl flags parser: one error line and exit status 2 on bad flags, usage on --help."""
+  argv = _normalize(argv)
+  if any(arg in _HELP for arg in argv[1:argv.index("--") if "--" in argv else None]):
+    sys.stdout.write(__doc__)
+    sys.exit(EXIT_SAME)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as err:
+    sys.stderr.write(_error_line(str(err).splitlines()[0] if str(err) else err))
+    sys.exit(EXIT_TROUBLE)
+
+
+def _check_usage(command, args):
+  if command not in _COMMAND_FLAGS:
+    raise _Trouble("unknown command %r; the commands are ls, plan and diff (see --help)"
+                   % command)
+  allowed = {holder.name for holder in _COMMAND_FLAGS[command]}
+  for name in _OWN_FLAGS:
+    if name not in allowed and flags.FLAGS[name].present:
+      raise _Trouble("--%s does not apply to '%s'" % (name, command))
+  wanted = _POSITIONALS[command]
+  if len(args) != len(wanted):
+    raise _Trouble("'%s' takes %s; got %d argument%s%s" % (
+        command, " ".join(wanted) if wanted else "no positional arguments", len(args),
+        "" if len(args) == 1 else "s", (": " + " ".join(args)) if args else ""))
+
+
+def _rename_rules(values):
+  """['PATTERN=TEMPLATE', ...] -> [(pattern, template)]; split at the last '='."""
+  rules = []
+  for value in values or ():
+    pattern, equals, template = value.rpartition("=")
+    if not equals or not pattern or not template:
+      raise _Trouble("--rename takes 'PATTERN=TEMPLATE' (e.g. 'new/(.*)=old/\\1'); got %r"
+                     % value)
+    rules.append((pattern, template))
+  return rules or None
+
+
+def _human_bytes(count):
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if count < 1024 or unit == "TiB":
+      return ("%d %s" if unit == "B" else "%.1f %s") % (count, unit)
+    count /= 1024.0
+  return "%.1f TiB" % count
+
+
+def _shape(shape):
+  return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _jsonable(value):
+  """numpy values -> JSON-safe Python values (non-finite floats as strings, bytes decoded)."""
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "backslashreplace")
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, complex):
+    return [_jsonable(value.real), _jsonable(value.imag)]
+  return value
+
+
+def _print_json(data):
+  print(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
+
+
+# ------------------------------------------------------------------------------------------
+# ls
+
+
+def _ls(path):
+  ref = warmstart.resolve_checkpoint(path)
+  variables = warmstart.list_variables(ref)
+  includes = _select.compile_patterns(_INCLUDE.value, "include")
+  excludes = _select.compile_patterns(_EXCLUDE.value, "exclude")
+  names = [v.name for v in variables]
+  for pattern in includes + excludes:
+    if not any(pattern.matches(name) for name in names):
+      raise warmstart.PatternError("pattern %r matches no variable of %s.%s" % (
+          pattern.text, ref.prefix, _select.closest(pattern.text, names)))
+  variables = [v for v in variables
+               if (not includes or _select.first_match(includes, v.name))
+               and not _select.first_match(excludes, v.name)]
+  total = sum(v.nbytes for v in variables)
+  by_kind = {}
+  for v in variables:
+    count, nbytes = by_kind.get(v.kind, (0, 0))
+    by_kind[v.kind] = (count + 1, nbytes + v.nbytes)
+  if _JSON.value:
+    _print_json({"checkpoint": ref.prefix, "step": ref.step, "kind": ref.kind,
+                 "variables": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype,
+                                "nbytes": v.nbytes, "kind": v.kind} for v in variables],
+                 "count": len(variables), "total_bytes": total,
+                 "by_kind": {k: {"count": c, "nbytes": n} for k, (c, n) in by_kind.items()}})
+    return EXIT_SAME
+  print("%s %s%s" % (ref.kind, ref.prefix, "" if ref.step is None else " (step %d)" % ref.step))
+  rows = [(v.name, _shape(v.shape), v.dtype,
+           _human_bytes(v.nbytes) if v.nbytes or v.dtype != "string" else "?", v.kind)
+          for v in variables]
+  header = ("name", "shape", "dtype", "size", "kind")
+  widths = [max(len(row[i]) for row in rows + [header]) for i in range(4)]
+  for row in [header] + rows:
+    print("  %-*s  %-*s  %-*s  %*s  %s" % (widths[0], row[0], widths[1], row[1], widths[2],
+                                           row[2], widths[3], row[3], row[4]))
+  print("%d variable%s, %s: %s" % (
+      len(variables), "" if len(variables) == 1 else "s", _human_bytes(total),
+      ", ".join("%d %s (%s)" % (c, k, _human_bytes(n)) for k, (c, n) in sorted(by_kind.items()))
+      or "none"))
+  return EXIT_SAME
+
+
+# ------------------------------------------------------------------------------------------
+# plan
+
+
+def _plan():
+  if not _FROM.value or not _TO.value:
+    raise _Trouble("'plan' needs --from SRC and --to TARGET_CKPT")
+  arguments = dict(exclude=_EXCLUDE.value, rename=_rename_rules(_RENAME.value),
+                   optimizer_state=_OPTIMIZER_STATE.value,
+                   on_shape_mismatch=_ON_SHAPE_MISMATCH.value)
+  if _INCLUDE.value:
+    arguments["include"] = _INCLUDE.value
+  try:
+    report = warmstart.plan(_FROM.value, _TO.value, **arguments).report
+  except warmstart.PlanError as err:
+    if err.report is not None:
+      print(err.report.to_json() if _JSON.value else err.report)
+    raise
+  print(report.to_json() if _JSON.value else report)
+  return EXIT_SAME
+
+
+# ------------------------------------------------------------------------------------------
+# diff
+
+
+class _Progress:
+  """`i/n tensors` on a terminal's stderr, updated in place (at most 10 times a second)."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self._last = 0.0
+    self._shown = False
+
+  def __call__(self, done, total):
+    now = time.monotonic()
+    if done < total and now - self._last < 0.1:
+      return
+    self._last = now
+    self._stream.write("\rdiff: %d/%d tensors" % (done, total))
+    self._stream.flush()
+    self._shown = True
+
+  def clear(self):
+    if self._shown:
+      self._stream.write("\r\x1b[K")
+      self._stream.flush()
+
+
+def _read_values(report, names):
+  """[(name, [(label, prefix, name_in_that_checkpoint, array or None)])] for --values."""
+  b_names = {t.name: t.name_b for t in report.tensors if t.name_b is not None}
+  out = []
+  with _checkpoint.Reader(warmstart.resolve_checkpoint(report.a)) as reader_a, \
+       _checkpoint.Reader(warmstart.resolve_checkpoint(report.b)) as reader_b:
+    for name in names:
+      name_b = b_names.get(name, name)
+      if name not in reader_a.variables and name_b not in reader_b.variables:
+        raise warmstart.PatternError("--values %r: no tensor of that name in A or B.%s" % (
+            name, _select.closest(name, list(reader_a.variables) + list(reader_b.variables))))
+      sides = []
+      for label, reader, wanted in (("A", reader_a, name), ("B", reader_b, name_b)):
+        value = reader.read(wanted) if wanted in reader.variables else None
+        sides.append((label, reader.ref.prefix, wanted, value))
+      out.append((name, sides))
+  return out
+
+
+def _diff(path_a, path_b):
+  expect_same, expect_changed = _EXPECT_SAME.value or [], _EXPECT_CHANGED.value or []
+  # Bad expectation regexes are usage errors: find them before the (possibly long) diff.
+  warmstart.DiffReport("", "", []).check(expect_same, expect_changed)
+  rename = _rename_rules(_RENAME.value)
+  progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+  try:
+    report = warmstart.diff(path_a, path_b, include=_INCLUDE.value, exclude=_EXCLUDE.value,
+                            atol=_ATOL.value, rtol=_RTOL.value, rename=rename,
+                            progress=progress)
+  finally:
+    if progress is not None:
+      progress.clear()
+  values = _read_values(report, _VALUES.value or [])
+  expecting = bool(expect_same or expect_changed)
+  failures = report.check(expect_same, expect_changed) if expecting else []
+  status = (EXIT_DIFFERENT if failures else EXIT_SAME) if expecting else (
+      EXIT_SAME if report.identical else EXIT_DIFFERENT)
+
+  if _JSON.value:
+    data = report.to_dict()
+    if expecting:
+      data["expectations"] = {"expect_same": expect_same, "expect_changed": expect_changed,
+                              "failures": failures, "hold": not failures}
+    if values:
+      data["values"] = {name: {label: None if value is None else {
+          "name": wanted, "checkpoint": prefix, "dtype": str(value.dtype),
+          "shape": list(value.shape), "value": _jsonable(value.tolist())}
+                               for label, prefix, wanted, value in sides}
+                        for name, sides in values}
+    data["exit_status"] = status
+    _print_json(data)
+    return status
+  print(report)
+  for name, sides in values:
+    for label, prefix, wanted, value in sides:
+      print("tensor_name: ", wanted)
+      print("(not in %s: %s)" % (label, prefix) if value is None else value)
+  if expecting:
+    for failure in failures:
+      print("expectation failed: %s" % failure)
+    total = len(expect_same) + len(expect_changed)
+    print("expectations: %s" % ("%d failed" % len(failures) if failures else
+                                "all %d hold" % total))
+  return status
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv):
+  """Runs one command; returns the exit status (0 same, 1 different, 2 trouble)."""
+  if len(argv) < 2:
+    sys.stderr.write(_error_line("no command given; usage: warmstart ls|plan|diff ... "
+                                 "(see --help)"))
+    return EXIT_TROUBLE
+  command, args = argv[1], argv[2:]
+  if not flags.FLAGS["verbosity"].present:
+    # The CLI prints the reports itself; the library's INFO summaries would repeat them.
+    logging.getLogger("warmstart").setLevel(logging.WARNING)
+  try:
+    _check_usage(command, args)
+    if command == "ls":
+      return _ls(*args)
+    if command == "plan":
+      return _plan()
+    return _diff(*args)
+  except (_Trouble, warmstart.WarmStartError) as err:
+    sys.stderr.write(_error_line(err))
+    return EXIT_TROUBLE
+  except BrokenPipeError:  # `warmstart ... | head`: stop quietly, like other tools
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_TROUBLE
+  except OSError as err:  # unreadable input that the library did not wrap
+    sys.stderr.write(_error_line("%s%s" % (err.strerror or err, ": %s" % err.filename
+                                           if err.filename else "")))
+    return EXIT_TROUBLE
+
+
+def run():
+  """The console-script entry point (`warmstart`)."""
+  main_module = sys.modules.get("__main__")
+  if main_module is not None and not getattr(main_module, "__doc__", None):
+    main_module.__doc__ = __doc__  # absl's --helpfull prints the main module's docstring
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()
