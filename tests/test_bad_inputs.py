@@ -1,0 +1,305 @@
+"""Every bad input: one error of the project's own type with a clear message, nothing written.
+
+Each case builds its inputs in tmp_path, then the tree is snapshotted (names, bytes, mtimes) and
+must be exactly the same after the failing call.
+"""
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import warmstart
+from conftest import mark_modified, write_checkpoint
+
+F = np.float32
+SOURCE = {"layer/kernel": np.ones([3, 2], F), "layer/bias": np.ones([2], F),
+          "global_step": np.int64(5)}
+
+
+def source(tmp_path, tensors=SOURCE, step=5):
+  return write_checkpoint(tmp_path / "source", tensors, step=step)
+
+
+def target(tmp_path, tensors=None):
+  return write_checkpoint(tmp_path / "target", tensors or SOURCE, step=1)
+
+
+def truncate(path, keep):
+  with open(path, "r+b") as f:
+    f.truncate(keep)
+  mark_modified(path)
+
+
+def flip(path, offset):
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    byte = f.read(1)
+    f.seek(offset)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  mark_modified(path)
+
+
+def case_missing_checkpoint(tmp_path):
+  return lambda: warmstart.list_variables(str(tmp_path / "nope" / "model.ckpt-1"))
+
+
+def case_directory_without_checkpoint(tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "notes.txt").write_text("no checkpoint here")
+  return lambda: warmstart.resolve_checkpoint(str(tmp_path / "empty"))
+
+
+def case_truncated_index(tmp_path):
+  prefix = source(tmp_path)
+  truncate(prefix + ".index", os.path.getsize(prefix + ".index") // 2)
+  return lambda: warmstart.list_variables(prefix)
+
+
+def case_empty_index(tmp_path):
+  prefix = source(tmp_path)
+  truncate(prefix + ".index", 0)
+  return lambda: warmstart.list_variables(prefix)
+
+
+def case_truncated_data_shard(tmp_path):
+  prefix = source(tmp_path)
+  truncate(prefix + ".data-00000-of-00001", 4)
+  t = target(tmp_path)
+  return lambda: warmstart.plan(prefix, t)
+
+
+def case_missing_data_shard(tmp_path):
+  prefix = source(tmp_path)
+  os.remove(prefix + ".data-00000-of-00001")
+  t = target(tmp_path)
+  return lambda: warmstart.plan(prefix, t)
+
+
+def case_byte_flipped_data(tmp_path):
+  prefix = source(tmp_path)
+  # Data order is by name: global_step [0, 8), layer/bias [8, 16), layer/kernel [16, 40).
+  flip(prefix + ".data-00000-of-00001", 20)
+  t = target(tmp_path)
+  return lambda: warmstart.plan(prefix, t)
+
+
+def case_byte_flipped_data_in_diff(tmp_path):
+  prefix = source(tmp_path)
+  other = target(tmp_path)
+  flip(prefix + ".data-00000-of-00001", 3)
+  return lambda: warmstart.diff(prefix, other)
+
+
+def case_index_of_another_format(tmp_path):
+  prefix = source(tmp_path)
+  with open(prefix + ".index", "wb") as f:  # a TF1 state file where the index should be
+    f.write(b'model_checkpoint_path: "model.ckpt-5"\n' * 4)
+  mark_modified(prefix + ".index")
+  return lambda: warmstart.list_variables(prefix)
+
+
+def case_wrong_dtype(tmp_path):
+  s, t = source(tmp_path), target(
+      tmp_path, {"layer/kernel": np.ones([3, 2], np.float64), "layer/bias": np.ones([2], F)})
+  return lambda: warmstart.plan(s, t)
+
+
+def case_shape_mismatch(tmp_path):
+  s, t = source(tmp_path), target(
+      tmp_path, {"layer/kernel": np.ones([3, 4], F), "layer/bias": np.ones([2], F)})
+  return lambda: warmstart.plan(s, t)
+
+
+def case_invalid_regex(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, include="layer/(kernel")
+
+
+def case_pattern_matching_nothing(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, include="layer")
+
+
+def case_unused_rename_rule(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t,
+                                rename={"layr/(.*)": r"layer/\1"})
+
+
+def case_rename_to_a_name_not_in_checkpoint(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t,
+                                rename={"layer/(.*)": r"dense/\1"})
+
+
+def case_conflicting_include_exclude(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, include="layer/.*",
+                                exclude="layer/.*")
+
+
+def case_freeze_pattern_matching_nothing(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, freeze="dense/.*")
+
+
+def case_non_finite_source(tmp_path):
+  prefix = source(tmp_path, {"layer/kernel": np.array([[1, np.nan], [np.inf, 0], [0, 0]], F),
+                             "layer/bias": np.ones([2], F)})
+  t = target(tmp_path)
+  return lambda: warmstart.plan(prefix, t, check_finite=True)
+
+
+def case_unwritable_model_dir(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  prefix = source(tmp_path)
+  return lambda: warmstart.estimator_from(lambda features, labels, mode: None,
+                                          model_dir=str(tmp_path / "a_file" / "model"),
+                                          warm_start_from=prefix)
+
+
+def case_saved_model_without_variables(tmp_path):
+  directory = tmp_path / "sm"
+  tf.saved_model.save(tf.Module(), str(directory))
+  shutil.rmtree(str(directory / "variables"))
+  return lambda: warmstart.resolve_checkpoint(str(directory))
+
+
+def case_step_that_does_not_exist(tmp_path):
+  source(tmp_path)
+  return lambda: warmstart.resolve_checkpoint(str(tmp_path / "source"), step=7)
+
+
+def case_state_file_pointing_elsewhere(tmp_path):
+  directory = tmp_path / "moved"
+  directory.mkdir()
+  (directory / "checkpoint").write_text(
+      'model_checkpoint_path: "/old/place/model.ckpt-5"\n'
+      'all_model_checkpoint_paths: "/old/place/model.ckpt-5"\n')
+  return lambda: warmstart.resolve_checkpoint(str(directory))
+
+
+def case_bad_step_value(tmp_path):
+  source(tmp_path)
+  return lambda: warmstart.resolve_checkpoint(str(tmp_path / "source"), step="5")
+
+
+def case_empty_include(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, include=[])
+
+
+def case_include_of_wrong_type(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, include=3)
+
+
+def case_bad_optimizer_state(tmp_path):
+  s = source(tmp_path)
+  return lambda: warmstart.settings(s, optimizer_state="fresh")
+
+
+def case_bad_shape_policy(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, on_shape_mismatch="truncate")
+
+
+def case_rename_template_with_missing_group(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, rename={"layer/.*": r"\1"})
+
+
+def case_vocab_for_a_variable_not_loaded(tmp_path):
+  s, t = source(tmp_path), target(tmp_path)
+  return lambda: warmstart.plan(s, t, vocab={
+      "embedding": tf.estimator.VocabInfo("new.txt", 3, 3, "old.txt")})
+
+
+def case_npz_with_pickled_objects(tmp_path):
+  np.savez(tmp_path / "objects.npz", w=np.array([{"a": 1}], dtype=object))
+  return lambda: warmstart.list_variables(str(tmp_path / "objects.npz"))
+
+
+def case_source_of_wrong_type(tmp_path):
+  return lambda: warmstart.resolve_checkpoint(42)
+
+
+def case_negative_tolerance(tmp_path):
+  prefix = source(tmp_path)
+  return lambda: warmstart.diff(prefix, prefix, atol=-1)
+
+
+CASES = [
+    # (case, error type, words the message must contain)
+    (case_missing_checkpoint, warmstart.CheckpointNotFoundError, ["model.ckpt-1.index"]),
+    (case_directory_without_checkpoint, warmstart.CheckpointNotFoundError,
+     ["no checkpoint in directory", "*.index"]),
+    (case_truncated_index, warmstart.CheckpointReadError, ["model.ckpt-5"]),
+    (case_empty_index, warmstart.CheckpointReadError, ["model.ckpt-5"]),
+    (case_truncated_data_shard, warmstart.CheckpointReadError, ["model.ckpt-5"]),
+    (case_missing_data_shard, warmstart.CheckpointNotFoundError,
+     ["data shard", "is missing"]),
+    (case_byte_flipped_data, warmstart.CheckpointReadError, ["model.ckpt-5"]),
+    (case_byte_flipped_data_in_diff, warmstart.CheckpointReadError, ["model.ckpt-5"]),
+    (case_index_of_another_format, warmstart.CheckpointReadError, ["model.ckpt-5"]),
+    (case_wrong_dtype, warmstart.PlanError, ["dtype mismatch", "float64", "float32"]),
+    (case_shape_mismatch, warmstart.PlanError, ["(3, 4)", "(3, 2)", "on_shape_mismatch"]),
+    (case_invalid_regex, warmstart.PatternError, ["invalid regex", "layer/(kernel"]),
+    (case_pattern_matching_nothing, warmstart.PlanError, ["did you mean 'layer/.*'"]),
+    (case_unused_rename_rule, warmstart.PlanError, ["was never used"]),
+    (case_rename_to_a_name_not_in_checkpoint, warmstart.PlanError,
+     ["'dense/bias', which is not in the checkpoint"]),
+    (case_conflicting_include_exclude, warmstart.PlanError,
+     ["loads none", "excluded by 'layer/.*'"]),
+    (case_freeze_pattern_matching_nothing, warmstart.PlanError,
+     ["freeze pattern 'dense/.*' matches no model variable"]),
+    (case_non_finite_source, warmstart.CheckpointReadError,
+     ["NaN or Inf", "layer/kernel (2 of 6 elements)"]),
+    (case_unwritable_model_dir, warmstart.WarmStartError, ["cannot be written",
+                                                           "not a directory"]),
+    (case_saved_model_without_variables, warmstart.CheckpointNotFoundError,
+     ["SavedModel without variables"]),
+    (case_step_that_does_not_exist, warmstart.CheckpointNotFoundError,
+     ["no checkpoint of step 7", "steps there: 5"]),
+    (case_state_file_pointing_elsewhere, warmstart.CheckpointNotFoundError,
+     ["no checkpoint in directory"]),
+    (case_bad_step_value, warmstart.WarmStartError, ["step must be", "'5'"]),
+    (case_empty_include, warmstart.PatternError, ["include is empty"]),
+    (case_include_of_wrong_type, warmstart.PatternError, ["regex or a list of regexes", "3"]),
+    (case_bad_optimizer_state, warmstart.WarmStartError, ["'fresh'", "'reset'"]),
+    (case_bad_shape_policy, warmstart.WarmStartError, ["'truncate'", "'skip'"]),
+    (case_rename_template_with_missing_group, warmstart.PatternError, ["group \\1"]),
+    (case_vocab_for_a_variable_not_loaded, warmstart.PlanError, ["'embedding'"]),
+    (case_npz_with_pickled_objects, warmstart.CheckpointReadError, ["objects.npz"]),
+    (case_source_of_wrong_type, warmstart.WarmStartError, ["int 42"]),
+    (case_negative_tolerance, warmstart.WarmStartError, ["atol", "-1"]),
+]
+
+
+def snapshot(root):
+  """{relative path: (sha256, mtime_ns)} of every file below root."""
+  out = {}
+  for directory, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(directory, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = (hashlib.sha256(f.read()).hexdigest(),
+                                            os.stat(path).st_mtime_ns)
+  return out
+
+
+@pytest.mark.parametrize("make, error, words", CASES,
+                         ids=[c[0].__name__[len("case_"):] for c in CASES])
+def test_bad_input(tmp_path, make, error, words):
+  call = make(tmp_path)
+  before = snapshot(tmp_path)
+  with pytest.raises(error) as raised:
+    call()
+  message = str(raised.value)
+  for word in words:
+    assert word in message, message
+  assert "Traceback" not in message
+  assert snapshot(tmp_path) == before
