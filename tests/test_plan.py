@@ -191,7 +191,7 @@ def test_report_lists_everything_and_round_trips_json(source, target):
   assert data["not_selected"][0]["reason"] == "excluded by 'mnist/logits/.*'"
   assert data["frozen"] == ["mnist/hidden/bias", "mnist/hidden/kernel"]
   assert data["missing"][0]["name"] == "mnist/hidden_1/kernel"
-  assert sorted(data["unused_checkpoint_tensors"]) == [
+  assert sorted(e["name"] for e in data["unused_checkpoint_tensors"]) == [
       "beta1_power", "global_step", "mnist/hidden/kernel/Adam", "mnist/logits/kernel"]
   text = str(report)
   assert text.startswith("warm start from %s (step 1): 2 of 7 model variables loaded" % source)
@@ -217,3 +217,11 @@ def test_npz_source(tmp_path, target):
   np.savez(tmp_path / "w.npz", **{"mnist/hidden/kernel": np.full([4, 3], 2, F)})
   plan = warmstart.plan(str(tmp_path / "w.npz"), target, include="mnist/hidden/kernel")
   assert loaded(plan) == ["mnist/hidden/kernel"]
+
+
+def test_report_summarizes_unused_tensors_by_their_kind(tmp_path):
+  source = ckpt(tmp_path, "s", {"w": np.ones([2], F), "vocab": np.array([b"a", b"b"]),
+                                "w/Adam": np.ones([2], F)})
+  target = ckpt(tmp_path, "t", {"w": np.ones([2], F)})
+  text = str(warmstart.plan(source, target).report)
+  assert "checkpoint tensors nobody read (2): 1 optimizer_slot; 1 other (vocab)" in text

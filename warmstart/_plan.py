@@ -65,7 +65,7 @@ class Report:
   frozen: List[str] = dataclasses.field(default_factory=list)
   unused_patterns: List[str] = dataclasses.field(default_factory=list)
   unused_rules: List[str] = dataclasses.field(default_factory=list)
-  unused_checkpoint_tensors: List[str] = dataclasses.field(default_factory=list)
+  unused_checkpoint_tensors: List[Entry] = dataclasses.field(default_factory=list)
   problems: List[str] = dataclasses.field(default_factory=list)
   resumed_from: Optional[str] = None
 
@@ -106,8 +106,8 @@ class Report:
         lines.append("  %s:" % title)
         lines.extend("    %s: %s" % (e.name, e.reason) for e in entries)
     if self.not_selected:
-      lines.append("  not selected (%d): %s" % (len(self.not_selected), _summarize(
-          [e.name for e in self.not_selected])))
+      lines.append("  not selected (%d): %s" % (len(self.not_selected),
+                                                 _summarize(self.not_selected)))
     if self.frozen:
       lines.append("  frozen (not trainable): %s" % ", ".join(self.frozen))
     if self.unused_checkpoint_tensors:
@@ -137,11 +137,11 @@ def _human_bytes(n):
     n /= 1024.0
 
 
-def _summarize(names, limit=8):
-  """Names grouped by kind: weights are listed, optimizer state only counted."""
+def _summarize(entries, limit=8):
+  """Entries grouped by kind: weights are named, optimizer state only counted."""
   by_kind = {}
-  for name in names:
-    by_kind.setdefault(_kinds.kind_of(name), []).append(name)
+  for entry in entries:
+    by_kind.setdefault(entry.kind, []).append(entry.name)
   parts = []
   for kind, members in sorted(by_kind.items()):
     if kind in _RESET_KINDS:
@@ -327,7 +327,9 @@ class Planner:
     for d in decisions:
       by_action[d.action].append(d.entry())
     used = {d.checkpoint_name for d in decisions if d.action == LOAD}
-    report.unused_checkpoint_tensors = [n for n in self.source_variables if n not in used]
+    report.unused_checkpoint_tensors = [
+        Entry(n, n, v.shape, v.dtype, v.kind) for n, v in self.source_variables.items()
+        if n not in used]
     report.frozen = [v.name for v in model_variables if self.freezes and self.is_frozen(v)]
     report.problems = problems
     if problems:
