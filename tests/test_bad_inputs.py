@@ -6,6 +6,7 @@ must be exactly the same after the failing call.
 import hashlib
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -302,4 +303,103 @@ def test_bad_input(tmp_path, make, error, words):
   for word in words:
     assert word in message, message
   assert "Traceback" not in message
+  assert snapshot(tmp_path) == before
+
+
+# -- the same inputs through the CLI: exit status 2, one line on stderr, no traceback ---------
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import fuzz_checkpoints  # noqa: E402  (its worker runs the real CLI, importing TF once)
+
+
+@pytest.fixture(scope="module")
+def cli():
+  worker = fuzz_checkpoints.Worker()
+  yield worker
+  worker.stop()
+
+
+def plan_argv(*extra):
+  def make(tmp_path):
+    return ["plan", "--from", source(tmp_path), "--to", target(tmp_path)] + list(extra)
+  return make
+
+
+def damaged(command, damage):
+  """argv for `command` on a source damaged by `damage(prefix)`; diff compares with a target."""
+  def make(tmp_path):
+    prefix = source(tmp_path)
+    other = target(tmp_path)
+    damage(prefix)
+    return {"ls": ["ls", prefix], "diff": ["diff", prefix, other],
+            "plan": ["plan", "--from", prefix, "--to", other]}[command]
+  return make
+
+
+def plan_with_target(tensors):
+  def make(tmp_path):
+    return ["plan", "--from", source(tmp_path), "--to", target(tmp_path, tensors)]
+  return make
+
+
+def _dir(name, setup):
+  def make(tmp_path):
+    setup(tmp_path)
+    return ["ls", str(tmp_path / name)]
+  return make
+
+
+CLI_CASES = [
+    ("missing_checkpoint", lambda p: ["ls", str(p / "nope" / "model.ckpt-1")],
+     ["model.ckpt-1.index"]),
+    ("directory_without_checkpoint", _dir("empty", lambda p: (p / "empty").mkdir()),
+     ["no checkpoint in directory"]),
+    ("truncated_index", damaged("ls", lambda q: truncate(q + ".index", 20)), ["model.ckpt-5"]),
+    ("empty_index", damaged("ls", lambda q: truncate(q + ".index", 0)), ["model.ckpt-5"]),
+    ("truncated_data_shard", damaged("diff", lambda q: truncate(q + ".data-00000-of-00001", 4)),
+     ["model.ckpt-5"]),
+    ("missing_data_shard", damaged("ls", lambda q: os.remove(q + ".data-00000-of-00001")),
+     ["is missing"]),
+    ("byte_flipped_data", damaged("plan", lambda q: flip(q + ".data-00000-of-00001", 20)),
+     ["layer/kernel"]),
+    ("byte_flipped_data_in_diff", damaged("diff", lambda q: flip(q + ".data-00000-of-00001", 3)),
+     ["global_step"]),
+    ("wrong_dtype", plan_with_target({"layer/kernel": np.ones([3, 2], np.float64),
+                                      "layer/bias": np.ones([2], F)}), ["dtype mismatch"]),
+    ("shape_mismatch", plan_with_target({"layer/kernel": np.ones([3, 4], F),
+                                         "layer/bias": np.ones([2], F)}), ["(3, 4)", "(3, 2)"]),
+    ("invalid_regex", plan_argv("--include", "layer/(kernel"), ["invalid regex"]),
+    ("pattern_matching_nothing", plan_argv("--include", "layer"), ["did you mean 'layer/.*'"]),
+    ("unused_rename_rule", plan_argv("--rename", r"layr/(.*)=layer/\1"), ["never used"]),
+    ("rename_to_a_name_not_in_checkpoint", plan_argv("--rename", r"layer/(.*)=dense/\1"),
+     ["not in the checkpoint"]),
+    ("conflicting_include_exclude", plan_argv("--include", "layer/.*", "--exclude", "layer/.*"),
+     ["loads none"]),
+    ("bad_optimizer_state", plan_argv("--optimizer_state", "fresh"), ["optimizer_state"]),
+    ("bad_shape_policy", plan_argv("--on_shape_mismatch", "truncate"), ["on_shape_mismatch"]),
+    ("negative_tolerance", lambda p: ["diff", source(p), source(p), "--atol=-1"], ["atol"]),
+    ("state_file_pointing_elsewhere", _dir("moved", lambda p: (
+        (p / "moved").mkdir(), (p / "moved" / "checkpoint").write_text(
+            'model_checkpoint_path: "/old/place/model.ckpt-5"\n'))),
+     ["no checkpoint in directory"]),
+    ("npz_with_pickled_objects", lambda p: (
+        np.savez(p / "objects.npz", w=np.array([{"a": 1}], dtype=object)),
+        ["ls", str(p / "objects.npz")])[1], ["Python objects"]),
+    ("unknown_command", lambda p: ["copy", "a", "b"], ["unknown command"]),
+]
+
+
+@pytest.mark.parametrize("make, words", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_bad_input_through_the_cli(tmp_path, cli, make, words):
+  argv = make(tmp_path)
+  before = snapshot(tmp_path)
+  outcome, crash = cli.run(argv)
+  assert crash is None
+  assert outcome["escaped"] is None and outcome["code"] == 2, outcome
+  lines = outcome["stderr"].strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("warmstart: error: "), outcome["stderr"]
+  for word in words:
+    assert word in lines[0]
+  assert "Traceback" not in outcome["stderr"] + outcome["stdout"]
   assert snapshot(tmp_path) == before

@@ -87,7 +87,9 @@ class _Trouble(Exception):
 
 
 def _error_line(message) -> str:
-  return "%s: error: %s\n" % (PROGRAM, str(message).strip())
+  """One line on stderr, whatever the message: a PlanError's list of problems is joined."""
+  return "%s: error: %s\n" % (PROGRAM, " ".join(
+      line.strip() for line in str(message).strip().splitlines()))
 
 
 def _normalize(argv):
