@@ -230,3 +230,14 @@ def test_help_exits_0():
   result = warmstart("--help")
   assert result.returncode == 0
   assert "warmstart diff A B" in result.stdout and "Exit status" in result.stdout
+
+
+def test_console_script_error_is_one_line_without_tensorflow_noise(tmp_path):
+  script = os.path.join(os.path.dirname(sys.executable), "warmstart")
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  result = subprocess.run([script, "ls", str(tmp_path / "nope")], capture_output=True,
+                          text=True, env=env, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+      "warmstart: error: no checkpoint at %s: looked for the directory %s and the index file "
+      "%s.index; neither exists" % ((tmp_path / "nope",) * 3)]
