@@ -247,7 +247,8 @@ def _crc32c(data, crc: int = 0) -> int:
   return state ^ _U32
 
 
-def _mask(crc: int) -> int:
+def mask_crc32c(crc: int) -> int:
+  """TF's masking of a crc32c as stored in checkpoints."""
   return ((((crc >> 15) | (crc << 17)) & _U32) + _MASK_DELTA) & _U32
 
 
@@ -258,7 +259,7 @@ def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
   mmap, numpy array).  Large inputs are processed with numpy in bounded
   pieces, so memory use stays small whatever the input size.
   """
-  return _mask(_crc32c(data))
+  return mask_crc32c(_crc32c(data))
 
 
 # --------------------------------------------------------------------------
@@ -977,9 +978,9 @@ def tensor_crc32c(entry: BundleEntry, data: bytes, *, path: str = "") -> int:
             f"string lengths add up to {pos + 4 + total} bytes, the tensor has {end}")
       crc = _crc32c(packed)
       (stored,) = struct.unpack_from("<I", data, pos)
-      if stored != _mask(crc):
+      if stored != mask_crc32c(crc):
         raise _Malformed("checksum of the string lengths does not match")
-      return _mask(_crc32c(memoryview(data)[pos:], crc))
+      return mask_crc32c(_crc32c(memoryview(data)[pos:], crc))
     if entry.tf_dtype == _DT.DT_VARIANT:
       # ([varint64 len] [serialized VariantTensorData] [4-byte checksum])*n
       crc = 0
@@ -993,7 +994,7 @@ def tensor_crc32c(entry: BundleEntry, data: bytes, *, path: str = "") -> int:
         pos += length + 4
       if pos != end:
         raise _Malformed(f"{end - pos} trailing bytes after the variant elements")
-      return _mask(crc)
+      return mask_crc32c(crc)
   except _Malformed as e:
     raise BundleError(f"{what}: malformed {_dtype_name(entry.tf_dtype)} data: {e}") from None
   raise BundleError(f"{what}: no checksum convention for dtype {_dtype_name(entry.tf_dtype)}")

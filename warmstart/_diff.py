@@ -409,7 +409,7 @@ class _Side:
         raise CheckpointReadError("cannot read tensor %r of checkpoint %s: %s ends early" % (
             entry.name, self.ref.prefix, path))
       crc = _crc32c_extend(crc, data)
-    masked = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+    masked = _bundle.mask_crc32c(crc)
     if masked != entry.crc32c:
       raise CheckpointReadError(
           "cannot read tensor %r of checkpoint %s: its bytes in %s do not match their checksum "
@@ -617,8 +617,6 @@ def diff(a, b, *, include=None, exclude=None, atol=0.0, rtol=0.0, rename=None,
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or (
         not math.isfinite(value)):
       raise WarmStartError("%s must be a finite number >= 0; got %r" % (label, value))
-  includes = _select.compile_patterns(include, "include")
-  excludes = _select.compile_patterns(exclude, "exclude")
   rules = _rename.compile_rules(rename)
   ref_a, ref_b = _checkpoint.resolve_checkpoint(a), _checkpoint.resolve_checkpoint(b)
   with contextlib.ExitStack() as stack:
@@ -628,12 +626,7 @@ def diff(a, b, *, include=None, exclude=None, atol=0.0, rtol=0.0, rename=None,
     stack.callback(side_b.close)
     b_names = _b_to_a_names(rules, list(side_b.variables))
     names = sorted(set(side_a.variables) | set(b_names))
-    for pattern in includes + excludes:
-      if not any(pattern.matches(n) for n in names):
-        raise PatternError("pattern %r matches no tensor of either checkpoint.%s" % (
-            pattern.text, _select.closest(pattern.text, names)))
-    names = [n for n in names if (not includes or _select.first_match(includes, n))
-             and not _select.first_match(excludes, n)]
+    names = _select.select_names(names, include, exclude, "tensor of either checkpoint")
     # Registered after the sides: on the way out the workers are waited for before the files
     # they read are closed.
     pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(
