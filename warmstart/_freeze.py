@@ -23,7 +23,7 @@ from warmstart import _apply
 from warmstart import _model_fn
 from warmstart import _select
 from warmstart._checkpoint import VariableInfo
-from warmstart._errors import FreezeError
+from warmstart._errors import FreezeError, PatternError
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def check_train_op(train_op, frozen: Dict[str, list]) -> None:
 def _pattern_predicate(pattern):
   patterns = _select.compile_patterns(pattern, "freeze")
   if not patterns:
-    raise _select.PatternError("freeze pattern is empty; pass a regex or a list of regexes")
+    raise PatternError("freeze pattern is empty; pass a regex or a list of regexes")
   return patterns, lambda info: _select.first_match(patterns, info.name) is not None
 
 
@@ -167,11 +167,10 @@ def freeze(model_fn_or_estimator, pattern):
         return _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
       with FreezeScope(predicate) as scope:
         spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
-      names = list(_apply.graph_variables())
-      unused = [p.text for p in patterns if not any(p.matches(n) for n in names)]
+      unused = _select.unmatched(patterns, list(_apply.graph_variables()), "freeze",
+                                 "model variable")
       if unused:
-        raise _select.PatternError("freeze pattern %r matches no model variable.%s" % (
-            unused[0], _select.closest(unused[0], names)))
+        raise PatternError(" ".join(unused))
       check_train_op(spec.train_op, scope.frozen)
       logger.info("froze %d variable(s): %s", len(scope.frozen), ", ".join(scope.frozen))
       return spec

@@ -290,24 +290,22 @@ class Planner:
     report = Report(self.source.prefix, self.source.step, resumed_from=resumed_from)
     problems = [d.problem for d in decisions if d.problem]
 
+    for what, patterns in (("include", self.include), ("exclude", self.exclude),
+                           ("freeze", self.freeze_patterns),
+                           ("on_shape_mismatch", [p for p, _ in self.shape_policies if p])):
+      for pattern in patterns:
+        message = _select.unmatched([pattern], names, what, "model variable")
+        if message:
+          report.unused_patterns.append("%s %r" % (what, pattern.text))
+          problems.extend(message)
     for pattern in self.include:
       matched = [d for d in decisions if pattern.matches(d.variable.name)]
-      if not matched:
-        report.unused_patterns.append("include %r" % pattern.text)
-        problems.append("include pattern %r matches no model variable.%s" % (
-            pattern.text, _select.closest(pattern.text, names)))
-      elif not any(d.action == LOAD for d in matched) and not any(d.problem for d in matched):
+      if matched and not any(d.action == LOAD for d in matched) and not any(
+          d.problem for d in matched):
         report.unused_patterns.append("include %r" % pattern.text)
         problems.append("include pattern %r matches %d model variable(s) but loads none: %s" % (
             pattern.text, len(matched), "; ".join(
                 "%s: %s" % (d.variable.name, d.reason) for d in matched[:4])))
-    for what, patterns in (("exclude", self.exclude), ("freeze", self.freeze_patterns),
-                           ("on_shape_mismatch", [p for p, _ in self.shape_policies if p])):
-      for pattern in patterns:
-        if not any(pattern.matches(n) for n in names):
-          report.unused_patterns.append("%s %r" % (what, pattern.text))
-          problems.append("%s pattern %r matches no model variable.%s" % (
-              what, pattern.text, _select.closest(pattern.text, names)))
     for rule in self.rules:
       if not any(d.rule is rule for d in selected):
         report.unused_rules.append(str(rule))

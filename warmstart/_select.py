@@ -52,6 +52,28 @@ def first_match(patterns: Iterable[Pattern], name: str) -> Optional[Pattern]:
   return next((p for p in patterns if p.matches(name)), None)
 
 
+def unmatched(patterns: Iterable[Pattern], names: Sequence[str], what: str, noun: str):
+  """One message for each pattern that fully matches none of `names`, naming the closest."""
+  return ["%s pattern %r matches no %s.%s" % (what, p.text, noun, closest(p.text, names))
+          for p in patterns if not any(p.matches(n) for n in names)]
+
+
+def select_names(names: Sequence[str], include: Patterns, exclude: Patterns, noun: str):
+  """The names `include` selects (all if None) less those `exclude` matches.
+
+  Raises:
+    PatternError: a bad regex, or a pattern that matches none of `names`.
+  """
+  includes = compile_patterns(include, "include")
+  excludes = compile_patterns(exclude, "exclude")
+  problems = (unmatched(includes, names, "include", noun)
+              + unmatched(excludes, names, "exclude", noun))
+  if problems:
+    raise PatternError(" ".join(problems))
+  return [n for n in names
+          if (not includes or first_match(includes, n)) and not first_match(excludes, n)]
+
+
 def closest(text: str, names: Sequence[str]) -> str:
   """A hint naming the names closest to a pattern that matched nothing, for error messages."""
   names = sorted(set(names))

@@ -187,16 +187,9 @@ def _print_json(data):
 def _ls(path):
   ref = warmstart.resolve_checkpoint(path)
   variables = warmstart.list_variables(ref)
-  includes = _select.compile_patterns(_INCLUDE.value, "include")
-  excludes = _select.compile_patterns(_EXCLUDE.value, "exclude")
-  names = [v.name for v in variables]
-  for pattern in includes + excludes:
-    if not any(pattern.matches(name) for name in names):
-      raise warmstart.PatternError("pattern %r matches no variable of %s.%s" % (
-          pattern.text, ref.prefix, _select.closest(pattern.text, names)))
-  variables = [v for v in variables
-               if (not includes or _select.first_match(includes, v.name))
-               and not _select.first_match(excludes, v.name)]
+  selected = set(_select.select_names([v.name for v in variables], _INCLUDE.value,
+                                      _EXCLUDE.value, "variable of %s" % ref.prefix))
+  variables = [v for v in variables if v.name in selected]
   total = sum(v.nbytes for v in variables)
   by_kind = {}
   for v in variables:
