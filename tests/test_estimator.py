@@ -355,3 +355,22 @@ def test_meta_graph_stays_small_with_a_large_variable(tmp_path):
   metas = glob.glob(os.path.join(model_dir, "*.meta"))
   assert metas and max(os.path.getsize(m) for m in metas) < 1 << 20
   assert same_bits(estimator.get_variable_value("big"), big)
+
+
+def test_report_is_written_whole_or_not_at_all(tmp_path, base_model, monkeypatch):
+  from warmstart import _estimator  # the writer behind estimator_from's report file
+  plan = warmstart.plan(base_model, base_model, include="mnist/hidden/.*")
+  model_dir = tmp_path / "m"
+  path = _estimator._write_report(str(model_dir), plan.report)
+  assert json.load(open(path)) == json.loads(plan.report.to_json())
+
+  def interrupted(*args):
+    raise KeyboardInterrupt  # as if the process were interrupted before the rename
+  monkeypatch.setattr(os, "replace", interrupted)
+  before = open(path).read()
+  other = warmstart.plan(base_model, base_model, include="mnist/logits/.*").report
+  assert other.to_json() != before
+  with pytest.raises(KeyboardInterrupt):
+    _estimator._write_report(str(model_dir), other)
+  assert open(path).read() == before
+  assert sorted(os.listdir(str(model_dir))) == ["warmstart_report.json"]  # no temp file left
