@@ -206,8 +206,7 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
         predicate = lambda info: info.name in frozen_names
       else:
         predicate = None
-      scope = _freeze.FreezeScope(predicate or (lambda info: False))
-      with scope:
+      with _freeze.FreezeScope(predicate) as scope:
         spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
       _freeze.check_train_op(spec.train_op, scope.frozen)
       if planner is None:
@@ -280,8 +279,7 @@ def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None,
     elif not callable(target):
       raise WarmStartError("plan() target must be a checkpoint path, a model_fn or an "
                            "Estimator; got %s %r" % (type(target).__name__, target))
-    with _freeze.FreezeScope(planner.is_frozen if planner.freezes else
-                             (lambda info: False)) as scope:
+    with _freeze.FreezeScope(planner.is_frozen if planner.freezes else None) as scope:
       spec = _model_fn.call_model_fn(model_fn, features, labels, tf.estimator.ModeKeys.TRAIN,
                                      params or {}, config or tf.estimator.RunConfig())
     _freeze.check_train_op(spec.train_op, scope.frozen)

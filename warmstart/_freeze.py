@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 import threading
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
@@ -47,11 +47,13 @@ def _keras_layer_classes():
 class FreezeScope:
   """While active, variables for which `predicate(VariableInfo)` holds are created frozen.
 
+  With `predicate=None` nothing is frozen and nothing is hooked (no creator, no Keras wrap).
+
   Attributes:
     frozen: {name: [variables]} of what was frozen, in creation order.
   """
 
-  def __init__(self, predicate: Callable[[VariableInfo], bool]):
+  def __init__(self, predicate: Optional[Callable[[VariableInfo], bool]]):
     self._predicate = predicate
     self.frozen: Dict[str, list] = collections.OrderedDict()
     self._frozen_ids = set()
@@ -59,6 +61,8 @@ class FreezeScope:
 
   def __enter__(self):
     self._stack = contextlib.ExitStack()
+    if self._predicate is None:
+      return self
     self._stack.enter_context(tf.compat.v1.variable_creator_scope(self._creator))
     self._stack.enter_context(_patch_lock)
     for cls in _keras_layer_classes():
