@@ -5,7 +5,7 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 venv: $(STAMP)
 
@@ -17,8 +17,13 @@ $(PYTHON):
 	echo "creating $(VENV) with $$py"; $$py -m venv $(VENV)
 
 $(STAMP): $(PYTHON) pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,examples]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,examples,lint]'
 	@touch $@
+
+# Lint and types: configured in pyproject.toml ([tool.ruff], [tool.mypy]); no formatter.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests

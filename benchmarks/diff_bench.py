@@ -33,8 +33,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import (
+  app,
+  flags,
+)
 
 flags.DEFINE_float("gib", 1.0, "Size of each checkpoint, GiB.")
 flags.DEFINE_integer("tensors", 400, "Number of tensors per checkpoint (half kernels, half "
@@ -179,7 +181,6 @@ def measure_naive(a, b):
 def measure_import_tf(a, b):
   del a, b
   start = time.perf_counter()
-  import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   return time.perf_counter() - start, {}
 
 
@@ -212,7 +213,7 @@ def run_child(kind, a, b):
 
 def machine():
   with open("/proc/cpuinfo") as cpuinfo:
-    model = next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith("model name")),
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
                  "unknown CPU")
   with open("/proc/meminfo") as meminfo:
     memory = int(meminfo.readline().split()[1]) * 1024

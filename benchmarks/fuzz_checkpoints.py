@@ -118,6 +118,7 @@ def worker():
   """Reads JSON argv lists from stdin; writes one JSON outcome per line to the original stdout."""
   out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   from warmstart import cli  # pylint: disable=g-import-not-at-top
   out.write("ready\n")
   out.flush()
@@ -127,7 +128,7 @@ def worker():
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
       flags.FLAGS.unparse_flags()
       try:
-        code = cli.main(cli._parse_flags(["warmstart"] + argv))  # pylint: disable=protected-access
+        code = cli.main(cli._parse_flags(["warmstart", *argv]))  # pylint: disable=protected-access
         escaped = None
       except SystemExit as exit_:
         code, escaped = exit_.code, None

@@ -21,13 +21,15 @@ import sys
 # Before TensorFlow is imported: its C++ start-up messages would bury the example's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import mnist_data
+import numpy as np
+import tensorflow as tf
+from absl import (
+  app,
+  flags,
+)
 
-import mnist_data  # noqa: E402  (examples/mnist_data.py)
-import warmstart  # noqa: E402
+import warmstart
 
 flags.DEFINE_string("model_dir", "./model_ext", "Where the new model's checkpoints go.")
 flags.DEFINE_string("pretrained", "./model", "The base model: its directory (latest "

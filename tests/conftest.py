@@ -10,9 +10,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
 tf.get_logger().setLevel("ERROR")
 
@@ -29,13 +29,13 @@ def register_source(prefix, keep=False):
   """Fingerprints a checkpoint's files; `keep` for sources shared across tests."""
   for path in glob.glob(glob.escape(prefix) + ".*"):
     if path.endswith(".index") or ".data-" in path:
-      _SOURCES[path] = _fingerprint(path) + (keep,)
+      _SOURCES[path] = (*_fingerprint(path), keep)
 
 
 def mark_modified(path):
   """Records that a test changed one of its own source files on purpose."""
   if path in _SOURCES:
-    _SOURCES[path] = _fingerprint(path) + (_SOURCES[path][2],)
+    _SOURCES[path] = (*_fingerprint(path), _SOURCES[path][2])
 
 
 @pytest.fixture(autouse=True)

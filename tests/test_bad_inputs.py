@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import mark_modified, write_checkpoint
 
 import warmstart
-from conftest import mark_modified, write_checkpoint
 
 F = np.float32
 SOURCE = {"layer/kernel": np.ones([3, 2], F), "layer/bias": np.ones([2], F),
@@ -322,7 +322,7 @@ def cli():
 
 def plan_argv(*extra):
   def make(tmp_path):
-    return ["plan", "--from", source(tmp_path), "--to", target(tmp_path)] + list(extra)
+    return ["plan", "--from", source(tmp_path), "--to", target(tmp_path), *list(extra)]
   return make
 
 

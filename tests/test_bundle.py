@@ -106,7 +106,7 @@ def _check_against_tf(prefix, expect_sliced=None):
 def _assert_consistent(index):
   """Invariants every successfully parsed index must satisfy."""
   assert isinstance(index, bundle.BundleIndex)
-  assert 1 <= index.num_shards
+  assert index.num_shards >= 1
   for entry in list(index.entries.values()) + [p for ps in index.slices.values() for p in ps]:
     assert isinstance(entry.name, str)
     assert all(isinstance(d, int) and d >= 0 for d in entry.shape)
@@ -120,7 +120,7 @@ def _assert_consistent(index):
         assert part.tf_dtype == entry.tf_dtype and not part.sliced
         assert len(part.extent) == len(entry.shape)
         for (start, length), dim, n in zip(part.extent, entry.shape, part.shape):
-          assert 0 <= start and start + length <= dim and n == length
+          assert start >= 0 and start + length <= dim and n == length
     elif entry.dtype is not None:
       assert entry.size == entry.dtype.itemsize * entry.num_elements
     else:
@@ -426,7 +426,7 @@ def test_masked_crc32c_known_values():
 def test_masked_crc32c_all_paths(monkeypatch):
   rng = np.random.RandomState(7)
   data = rng.randint(0, 256, 70_000).astype(np.uint8).tobytes()
-  for size in list(range(0, 40)) + [1023, 1024, 1025, 4099, 65_536, 70_000]:
+  for size in [*list(range(0, 40)), 1023, 1024, 1025, 4099, 65536, 70000]:
     expected = _crc32c_bitwise(data[:size]) if size < 5000 else None
     if expected is None:
       expected = bundle._crc_raw_py(0xFFFFFFFF, data[:size]) ^ 0xFFFFFFFF

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_checkpoint
 
 import warmstart
-from conftest import write_checkpoint
 
 W = {"w": np.ones([2], np.float32)}
 

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,7 +108,7 @@ def test_diff_expectations_that_fail_exit_1_and_are_each_printed(checkpoints):
   result = warmstart("diff", checkpoints["a"], checkpoints["b"], "--expect_same", "s.*",
                      "--expect-changed", "same", "--expect-same", "mnist/hidden")
   assert (result.returncode, result.stderr) == (1, "")
-  failed = [l for l in result.stdout.splitlines() if l.startswith("expectation failed: ")]
+  failed = [line for line in result.stdout.splitlines() if line.startswith("expectation failed: ")]
   assert failed == [
       "expectation failed: expect-same 's.*': shape is shape_differs",
       "expectation failed: expect-same 'mnist/hidden' matches no tensor.",

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import mark_modified, write_checkpoint
 
 import warmstart
-from conftest import mark_modified, write_checkpoint
 from warmstart import _diff
 
 F32 = np.float32
@@ -220,7 +220,8 @@ def test_include_and_exclude_fully_match(tmp_path):
   tensors = {"mnist/hidden/kernel": np.ones(2, F32), "mnist/hidden/bias": np.ones(2, F32),
              "mnist/hidden2/kernel": np.ones(2, F32), "global_step": np.int64(1)}
   a, b = pair(tmp_path, tensors, tensors)
-  names = lambda **kw: [t.name for t in warmstart.diff(a, b, **kw).tensors]
+  def names(**kw):
+    return [t.name for t in warmstart.diff(a, b, **kw).tensors]
   assert names(include="mnist/hidden/.*") == ["mnist/hidden/bias", "mnist/hidden/kernel"]
   assert names(include=["mnist/.*"], exclude=".*/kernel") == ["mnist/hidden/bias"]
   assert names(exclude="mnist/.*") == ["global_step"]

@@ -7,10 +7,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import input_fn, mlp_model_fn, read, register_source, same_bits, train, write_checkpoint
 
 import warmstart
-from conftest import (input_fn, mlp_model_fn, read, register_source, same_bits, train,
-                      write_checkpoint)
 
 HIDDEN = ["mnist/hidden/kernel", "mnist/hidden/bias"]
 
@@ -231,9 +230,10 @@ def test_freeze_pattern_matching_nothing_is_an_error(tmp_path):
 def test_warm_start_applies_once_and_resume_says_so(tmp_path, base_model, caplog):
   base = tf.train.latest_checkpoint(base_model)
   model_dir = str(tmp_path / "ext")
-  make = lambda: warmstart.estimator_from(
-      mlp_model_fn, model_dir=model_dir, warm_start_from=base_model,
-      include="mnist/hidden/.*", freeze=True, params={"deeper": True})
+  def make():
+    return warmstart.estimator_from(
+        mlp_model_fn, model_dir=model_dir, warm_start_from=base_model,
+        include="mnist/hidden/.*", freeze=True, params={"deeper": True})
   with caplog.at_level(logging.INFO, logger="warmstart"):
     make().train(input_fn(), steps=3)
   reports = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warm start")]
@@ -259,9 +259,10 @@ def test_resume_after_the_source_is_gone_keeps_freezing(tmp_path):
   base = tf.train.latest_checkpoint(source)
   hidden = trained_values(base, HIDDEN)
   model_dir = str(tmp_path / "ext")
-  make = lambda: warmstart.estimator_from(
-      mlp_model_fn, model_dir=model_dir, warm_start_from=source, include="mnist/hidden/.*",
-      freeze=True, params={})
+  def make():
+    return warmstart.estimator_from(
+        mlp_model_fn, model_dir=model_dir, warm_start_from=source, include="mnist/hidden/.*",
+        freeze=True, params={})
   make().train(input_fn(), steps=2)
   for path in glob.glob(source + "/*"):
     os.remove(path)

@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
 
-import fuzz_checkpoints  # noqa: E402
+import fuzz_checkpoints
 
 
 def test_damaged_checkpoints_give_clean_errors_or_correct_results():

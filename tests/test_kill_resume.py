@@ -6,7 +6,6 @@ import sys
 import time
 
 import tensorflow as tf
-
 from conftest import read, same_bits, train
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")

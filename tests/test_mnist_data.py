@@ -128,7 +128,7 @@ def test_empty_dir_lists_what_was_looked_for(tmp_path):
     mnist_data.load(tmp_path)
   message = str(e.value)
   assert str(tmp_path) in message
-  for name in list(_NAMES.values()) + ["mnist.npz", ".gz"]:
+  for name in [*list(_NAMES.values()), "mnist.npz", ".gz"]:
     assert name in message
 
 

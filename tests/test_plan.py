@@ -3,9 +3,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_checkpoint
 
 import warmstart
-from conftest import write_checkpoint
 
 F = np.float32
 

@@ -9,10 +9,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
+from conftest import input_fn, mlp_model_fn
 
-import warmstart  # noqa: E402
-from conftest import input_fn, mlp_model_fn  # noqa: E402
+import warmstart
 
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
 source, model_dir, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])

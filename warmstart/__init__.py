@@ -2,6 +2,8 @@
 
 See README.md for the guide; the public names are re-exported here.
 """
+from importlib import metadata as _metadata
+
 from warmstart._checkpoint import CheckpointRef
 from warmstart._checkpoint import VariableInfo
 from warmstart._checkpoint import list_variables
@@ -21,7 +23,10 @@ from warmstart._freeze import freeze
 from warmstart._plan import Plan
 from warmstart._plan import Report
 
-__version__ = "0.1.0"
+try:  # One version: the package metadata's (pyproject.toml), so the two cannot disagree.
+  __version__ = _metadata.version("warmstart")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+  __version__ = "0+unknown"
 
 __all__ = (
     "CheckpointNotFoundError",

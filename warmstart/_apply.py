@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -33,13 +32,13 @@ def variable_name(variable) -> str:
   return _PART.sub("", variable.name.split(":")[0])
 
 
-def graph_variables(graph=None) -> Dict[str, Tuple[VariableInfo, List]]:
+def graph_variables(graph=None) -> dict[str, tuple[VariableInfo, list]]:
   """Returns {name: (VariableInfo, [variables])} of a graph's global variables.
 
   A partitioned variable appears once, with its full shape and all its parts.
   """
   graph = graph or tf.compat.v1.get_default_graph()
-  out = {}
+  out: dict[str, tuple[VariableInfo, list]] = {}
   for variable in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES):
     name = variable_name(variable)
     info = getattr(variable, "_save_slice_info", None)
@@ -55,7 +54,7 @@ def graph_variables(graph=None) -> Dict[str, Tuple[VariableInfo, List]]:
   return out
 
 
-def warm_start_arguments(plan, variables: Dict[str, Tuple[VariableInfo, List]]):
+def warm_start_arguments(plan, variables: dict[str, tuple[VariableInfo, list]]):
   """TF's `warm_start` arguments for a plan: (prefix, variables, vocab infos, renames)."""
   var_list = [v for a in plan.assignments for v in variables[a.name][1]]
   vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
@@ -63,13 +62,13 @@ def warm_start_arguments(plan, variables: Dict[str, Tuple[VariableInfo, List]]):
   return materialize(plan.source), var_list, vocab, renames
 
 
-def apply(plan, variables: Dict[str, Tuple[VariableInfo, List]]) -> None:
+def apply(plan, variables: dict[str, tuple[VariableInfo, list]]) -> None:
   """Makes the planned variables' initializers read the checkpoint."""
   if plan.assignments:
     tf.compat.v1.train.warm_start(*warm_start_arguments(plan, variables))
 
 
-_materialized = {}
+_materialized: dict[tuple[str, float], str] = {}
 
 
 def materialize(ref) -> str:

@@ -66,14 +66,14 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 from warmstart._errors import CheckpointReadError
 
 __all__ = [
-    "BundleError",
-    "BundleEntry",
-    "BundleIndex",
-    "read_index",
-    "check_data_files",
-    "masked_crc32c",
-    "tensor_crc32c",
-    "read_tensor_bytes",
+  "BundleEntry",
+  "BundleError",
+  "BundleIndex",
+  "check_data_files",
+  "masked_crc32c",
+  "read_index",
+  "read_tensor_bytes",
+  "tensor_crc32c",
 ]
 
 
@@ -131,7 +131,7 @@ def _crc_raw_py(state: int, data) -> int:
   return state
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zeros_op_pow2(k: int) -> tuple[int, ...]:
   """Columns of the GF(2)-linear map "feed 2**k zero bytes" on the CRC register."""
   if k == 0:
@@ -156,13 +156,13 @@ def _byte_tables(cols: np.ndarray) -> np.ndarray:
   ``cols[..., k, i]`` is the image of bit ``i`` of byte ``k``; the result
   ``[..., k, b]`` is the image of byte value ``b`` in byte position ``k``.
   """
-  tables = np.zeros(cols.shape[:-1] + (256,), dtype=np.uint32)
+  tables = np.zeros((*cols.shape[:-1], 256), dtype=np.uint32)
   for i in range(8):
     tables[..., 1 << i:2 << i] = tables[..., :1 << i] ^ cols[..., i:i + 1]
   return tables
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _group_tables(span_log2: int) -> np.ndarray:
   """Lookup tables merging ``_GROUP`` consecutive lane results.
 
@@ -240,10 +240,7 @@ def _crc32c(data, crc: int = 0) -> int:
     return _crc_raw_py(state, view) ^ _U32
   for start in range(0, size, _CRC_CHUNK):
     piece = view[start:start + _CRC_CHUNK]
-    if piece.nbytes < 4:
-      state = _crc_raw_py(state, piece)
-    else:
-      state = _crc_raw_lanes(piece, state)
+    state = _crc_raw_py(state, piece) if piece.nbytes < 4 else _crc_raw_lanes(piece, state)
   return state ^ _U32
 
 
@@ -379,7 +376,7 @@ for _name, _attr, _size in (("DT_BFLOAT16", "bfloat16", 2),
                             ("DT_FLOAT8_E4M3FN", "float8_e4m3fn", 1),
                             ("DT_INT4", "int4", 1),
                             ("DT_UINT4", "uint4", 1)):
-  if _name in _DT.DataType.keys():
+  if _name in _DT.DataType.DESCRIPTOR.values_by_name:
     _value = _DT.DataType.Value(_name)
     _ITEMSIZE[_value] = _size
     _ML_DTYPES[_value] = _attr
@@ -387,7 +384,7 @@ del _name, _attr, _size
 _KNOWN_DTYPES = frozenset(v for v in _DT.DataType.values() if 0 < v < 100)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numpy_dtype(tf_dtype: int, little_endian: bool) -> np.dtype | None:
   code = _NUMPY_CODE.get(tf_dtype)
   if code is not None:
@@ -818,7 +815,7 @@ def _parse_entry(name: str, key: bytes, value: bytes, num_shards: int, little: b
       extent = []
       for e, dim in zip(s.extent, shape):
         length = e.length if e.HasField("length") else -1
-        if length == -1 and e.start != 0 or length < -1 or e.start < 0 or (
+        if (length == -1 and e.start != 0) or length < -1 or e.start < 0 or (
                 e.start + max(length, 0) > dim):
           raise _Malformed(
               f"{what}: slice extent (start {e.start}, length {length}) "

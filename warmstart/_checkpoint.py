@@ -9,13 +9,12 @@ import glob
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 
-from warmstart import _bundle
-from warmstart import _kinds
+from warmstart import _bundle, _kinds
 from warmstart._errors import CheckpointNotFoundError, CheckpointReadError, WarmStartError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class VariableInfo:
     kind: 'weight', 'batchnorm_stat', 'optimizer_slot', 'step' or 'other'.
   """
   name: str
-  shape: Tuple[int, ...]
+  shape: tuple[int, ...]
   dtype: str
   nbytes: int
   kind: str
@@ -94,7 +93,8 @@ def _missing_shards(prefix):
 
 def _checkpoints_in(directory):
   """Returns ({step_or_None: prefix} of complete checkpoints, [notes on incomplete ones])."""
-  complete, notes = {}, []
+  complete: dict[Optional[int], str] = {}
+  notes: list[str] = []
   for index in sorted(glob.glob(os.path.join(glob.escape(directory), "*.index"))):
     prefix = index[:-len(".index")]
     missing = _missing_shards(prefix)
@@ -237,7 +237,7 @@ class Reader:
   def __init__(self, ref: CheckpointRef):
     self.ref = ref
     self._npz = None
-    self._tf = None
+    self._tf: Any = None  # TF's CheckpointReader
     self.index = None  # the parsed .index of a TF checkpoint (a _bundle.BundleIndex)
     try:
       if ref.kind == NPZ:
@@ -256,10 +256,10 @@ class Reader:
     except WarmStartError:
       raise
     except Exception as err:
-      raise CheckpointReadError("cannot read checkpoint %s: %s" % (ref.prefix, _first_line(err)))
+      raise CheckpointReadError("cannot read checkpoint %s: %s" % (ref.prefix, _first_line(err))) from err
 
   @property
-  def variables(self) -> Dict[str, VariableInfo]:
+  def variables(self) -> dict[str, VariableInfo]:
     """name -> VariableInfo, sorted by name."""
     return self._infos
 
@@ -271,7 +271,7 @@ class Reader:
       return self._tf.get_tensor(name)
     except Exception as err:
       raise CheckpointReadError("cannot read tensor %r of checkpoint %s: %s"
-                                % (name, self.ref.prefix, _first_line(err)))
+                                % (name, self.ref.prefix, _first_line(err))) from err
 
   def close(self):
     if self._npz is not None:
@@ -288,7 +288,8 @@ def _npz_header(npz, name):
   """(shape, dtype) of one .npz member, read from its header without loading the data."""
   with npz.zip.open(name + ".npy") as member:
     version = np.lib.format.read_magic(member)
-    shape, _, dtype = np.lib.format._read_array_header(member, version)  # pylint: disable=protected-access
+    # numpy's one header reader for every format version (1.0, 2.0 and 3.0) is private.
+    shape, _, dtype = np.lib.format._read_array_header(member, version)  # type: ignore[attr-defined]
   if dtype.hasobject:
     raise CheckpointReadError("%s: array %r holds Python objects; only numeric and string arrays "
                               "are read (never unpickled)" % (npz.zip.filename, name))
@@ -300,7 +301,7 @@ def _first_line(err):
   return text[0] if text else type(err).__name__
 
 
-def list_variables(source: Source, step: Optional[int] = None) -> List[VariableInfo]:
+def list_variables(source: Source, step: Optional[int] = None) -> list[VariableInfo]:
   """Lists the variables of a checkpoint, sorted by name.
 
   Args:

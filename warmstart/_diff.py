@@ -23,14 +23,12 @@ import mmap
 import os
 import queue
 import threading
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from warmstart import _bundle
-from warmstart import _checkpoint
-from warmstart import _rename
-from warmstart import _select
+from warmstart import _bundle, _checkpoint, _rename, _select
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, WarmStartError
 
@@ -85,8 +83,8 @@ class TensorDiff:
   """
   name: str
   status: str
-  shape_a: Optional[Tuple[int, ...]] = None
-  shape_b: Optional[Tuple[int, ...]] = None
+  shape_a: Optional[tuple[int, ...]] = None
+  shape_b: Optional[tuple[int, ...]] = None
   dtype_a: Optional[str] = None
   dtype_b: Optional[str] = None
   num_elements: int = 0
@@ -109,11 +107,11 @@ class DiffReport:
   """The result of `diff(a, b)`: one TensorDiff per tensor name, sorted by name."""
   a: str
   b: str
-  tensors: List[TensorDiff]
+  tensors: list[TensorDiff]
   atol: float = 0.0
   rtol: float = 0.0
 
-  def by_status(self, status) -> List[TensorDiff]:
+  def by_status(self, status) -> list[TensorDiff]:
     return [t for t in self.tensors if t.status == status]
 
   @property
@@ -122,7 +120,7 @@ class DiffReport:
     return all(t.status == IDENTICAL for t in self.tensors)
 
   def check(self, expect_same: Sequence[str] = (), expect_changed: Sequence[str] = ()
-            ) -> List[str]:
+            ) -> list[str]:
     """Returns the expectations that fail (empty when all hold).
 
     Args:
@@ -165,7 +163,7 @@ class DiffReport:
       if t.status in (CHANGED, IDENTICAL) and t.num_different is not None and (
           t.max_abs is not None or t.num_different):
         detail = "differing=%d/%d" % (t.num_different, t.num_elements)
-        if t.max_abs is not None:
+        if t.max_abs is not None and t.mean_abs is not None:
           detail = "max|d|=%.6g mean|d|=%.6g %s max_rel=%s" % (
               t.max_abs, t.mean_abs, detail, "n/a" if t.max_rel is None else "%.6g" % t.max_rel)
       elif t.status == SHAPE_DIFFERS:
@@ -202,13 +200,13 @@ class _Stats:
     # float64; statistics to ~1e-7 relative, and a chunk whose |A - B| overflows float32 is
     # redone in float64), float64 for float64 and integers, complex128 for complex.
     self.wide = (np.complex128 if dtype.kind == "c" else
-                 np.float32 if dtype.kind == "f" and dtype.itemsize <= 4 or
+                 np.float32 if (dtype.kind == "f" and dtype.itemsize <= 4) or
                  dtype.name == "bfloat16" else np.float64)
     self.atol, self.rtol = atol, rtol
     self.max_abs = 0.0
     self.sum_abs = 0.0
     self.num_different = 0
-    self.max_rel = None
+    self.max_rel: Optional[float] = None
     self.differs = False  # some bits differ (within tolerance or not)
 
   def add(self, a: np.ndarray, b: np.ndarray):
@@ -307,11 +305,11 @@ def _compare_arrays(a: np.ndarray, b: np.ndarray, atol, rtol) -> dict:
 
 class _Tensor(NamedTuple):
   """What a diff needs to know of a tensor before reading it."""
-  shape: Tuple[int, ...]
+  shape: tuple[int, ...]
   dtype: str  # as VariableInfo.dtype: 'float32', 'string', ...
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dtype_name(tf_dtype: int) -> str:
   return VariableInfo.make("", (), tf_dtype).dtype
 
@@ -327,8 +325,8 @@ class _Side:
   def __init__(self, ref: _checkpoint.CheckpointRef):
     self.ref = ref
     self._reader = None
-    self._index = None
-    self._fds: Dict[int, int] = {}
+    self._index: Optional[_bundle.BundleIndex] = None
+    self._fds: dict[int, int] = {}
     self._lock = threading.Lock()  # guards TF's reader (not thread-safe)
     if ref.kind == _checkpoint.NPZ:
       self._reader = _checkpoint.Reader(ref)
@@ -376,6 +374,7 @@ class _Side:
 
   def read_into(self, entry, offset: int, view: memoryview):
     """Fills `view` with the entry's bytes from `offset` on."""
+    assert self._index is not None  # raw entries come from the index
     path = self._index.data_path(entry.shard_id)
     try:
       fd = self._fds[entry.shard_id]
@@ -397,6 +396,7 @@ class _Side:
       self.read(entry.name)  # TensorFlow's reader checks the checksum (DataLoss otherwise)
       return
     crc = 0
+    assert self._index is not None  # raw entries come from the index
     path = self._index.data_path(entry.shard_id)
     for start in range(0, entry.size, _READ_CHUNK):
       count = min(_READ_CHUNK, entry.size - start)
@@ -445,7 +445,7 @@ class _Buffers:
   """
 
   def __init__(self, pairs: int, size: int):
-    self._free = queue.SimpleQueue()
+    self._free: queue.SimpleQueue = queue.SimpleQueue()
     self._unmade = pairs
     self._size = size
 
@@ -509,7 +509,7 @@ class _Pending:
   base: dict
   fields: Optional[dict] = None  # known now (no worker involved)
   stats: Optional[_Stats] = None
-  parts: List[concurrent.futures.Future] = dataclasses.field(default_factory=list)
+  parts: list[concurrent.futures.Future] = dataclasses.field(default_factory=list)
 
   def done(self) -> bool:
     return all(part.done() for part in self.parts)
@@ -517,6 +517,7 @@ class _Pending:
   def result(self) -> TensorDiff:
     if self.fields is not None:
       return TensorDiff(**self.base, **self.fields)
+    assert self.stats is not None  # set whenever fields is not
     for part in self.parts:
       value = part.result()  # re-raises a worker's error (e.g. a checksum mismatch)
       if isinstance(value, _Stats):
@@ -564,7 +565,8 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
 
 def _b_to_a_names(rules, names_b):
   """{name in A: name in B} after mapping B's names with the rename rules."""
-  mapping, used = {}, set()
+  mapping: dict[str, str] = {}
+  used: set[_rename.Rule] = set()
   for name_b in names_b:
     name_a, rule = _rename.checkpoint_name(rules, name_b)
     if rule is not None:
@@ -581,8 +583,9 @@ def _b_to_a_names(rules, names_b):
   return mapping
 
 
-def diff(a, b, *, include=None, exclude=None, atol=0.0, rtol=0.0, rename=None,
-         progress: Optional[ProgressFn] = None) -> DiffReport:
+def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patterns = None,
+         exclude: _select.Patterns = None, atol: float = 0.0, rtol: float = 0.0,
+         rename: _rename.Rules = None, progress: Optional[ProgressFn] = None) -> DiffReport:
   """Compares two checkpoints tensor by tensor.
 
   Tensors are streamed: TF checkpoints are compared by the bytes of their data files in bounded
@@ -635,7 +638,8 @@ def diff(a, b, *, include=None, exclude=None, atol=0.0, rtol=0.0, rename=None,
     largest = max([e.size for side in (side_a, side_b) if side.raw_entries
                    for e in side.raw_entries] + [1])
     buffers = _Buffers(_WORKERS + 1, min(_READ_CHUNK, largest))
-    tensors, waiting = [], collections.deque()
+    tensors: list[TensorDiff] = []
+    waiting: collections.deque[_Pending] = collections.deque()
 
     def finish(block):
       while waiting and (block or waiting[0].done()):

@@ -3,15 +3,18 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
 
 import tensorflow as tf
 
-from warmstart import _apply
-from warmstart import _checkpoint
-from warmstart import _freeze
-from warmstart import _model_fn
+from warmstart import _apply, _checkpoint, _freeze, _model_fn
+from warmstart._checkpoint import Source
 from warmstart._errors import WarmStartError
-from warmstart._plan import Plan, Planner
+from warmstart._model_fn import ModelFnOrEstimator
+from warmstart._plan import FreezeSpec, Plan, Planner, ShapePolicies
+from warmstart._rename import Rules
+from warmstart._select import Patterns
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +54,10 @@ class _Settings(tf.estimator.WarmStartSettings):
     return "warmstart.settings(%r, %s)" % (self._planner.source.prefix, self._arguments)
 
 
-def settings(source, *, include=".*", exclude=None, rename=None, vocab=None,
-             optimizer_state="reset", step=None,
-             check_finite=False) -> tf.estimator.WarmStartSettings:
+def settings(source: Source, *, include: Patterns = ".*", exclude: Patterns = None,
+             rename: Rules = None, vocab: Optional[Mapping[str, Any]] = None,
+             optimizer_state: str = "reset", step: Optional[int] = None,
+             check_finite: bool = False) -> tf.estimator.WarmStartSettings:
   """Returns a `tf.estimator.WarmStartSettings` for any Estimator, canned ones included.
 
   Unlike TF's own, patterns fully match names (a list is a list of regexes, not prefixes),
@@ -138,13 +142,17 @@ def _frozen_from_report(model_dir):
   except (tf.errors.NotFoundError, ValueError, KeyError) as err:
     raise WarmStartError(
         "model_dir %s holds a checkpoint, the warm-start source is gone and %s cannot be read "
-        "(%s): cannot tell which variables to freeze" % (model_dir, path, err))
+        "(%s): cannot tell which variables to freeze" % (model_dir, path, err)) from err
 
 
-def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include=".*",
-                   exclude=None, rename=None, vocab=None, freeze=False,
-                   on_shape_mismatch="error", optimizer_state="reset", step=None, params=None,
-                   config=None, check_finite=False) -> tf.estimator.Estimator:
+def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
+                   model_dir: Union[str, os.PathLike], warm_start_from: Source,
+                   include: Patterns = ".*", exclude: Patterns = None, rename: Rules = None,
+                   vocab: Optional[Mapping[str, Any]] = None, freeze: FreezeSpec = False,
+                   on_shape_mismatch: ShapePolicies = "error", optimizer_state: str = "reset",
+                   step: Optional[int] = None, params: Optional[dict] = None,
+                   config: Optional[tf.estimator.RunConfig] = None,
+                   check_finite: bool = False) -> tf.estimator.Estimator:
   """Builds an Estimator that warm-starts from a checkpoint once, and optionally freezes.
 
   On the first training run the planned variables are initialized from `warm_start_from`
@@ -203,7 +211,8 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
         predicate = planner.is_frozen if planner.freezes else None
       elif freeze is not False:
         frozen_names = _frozen_from_report(config.model_dir)
-        predicate = lambda info: info.name in frozen_names
+        def predicate(info):
+          return info.name in frozen_names
       else:
         predicate = None
       with _freeze.FreezeScope(predicate) as scope:
@@ -223,7 +232,7 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
       logger.info("%s", text)
       # Indented lines render as preformatted text in TensorBoard's Text tab.
       tf.compat.v1.summary.text(
-          "warmstart_report", tf.constant("\n".join("    " + l for l in text.splitlines())))
+          "warmstart_report", tf.constant("\n".join("    " + line for line in text.splitlines())))
       return spec
     return warm_started_model_fn
 
@@ -235,9 +244,13 @@ def estimator_from(model_fn_or_estimator, *, model_dir, warm_start_from, include
   return tf.estimator.Estimator(wrapped, model_dir=model_dir, config=config, params=params)
 
 
-def plan(source, target, *, include=".*", exclude=None, rename=None, vocab=None, freeze=False,
-         on_shape_mismatch="error", optimizer_state="reset", step=None, params=None,
-         config=None, input_fn=None, check_finite=False) -> Plan:
+def plan(source: Source, target: Union[Source, ModelFnOrEstimator], *, include: Patterns = ".*",
+         exclude: Patterns = None, rename: Rules = None,
+         vocab: Optional[Mapping[str, Any]] = None, freeze: FreezeSpec = False,
+         on_shape_mismatch: ShapePolicies = "error", optimizer_state: str = "reset",
+         step: Optional[int] = None, params: Optional[dict] = None,
+         config: Optional[tf.estimator.RunConfig] = None,
+         input_fn: Optional[Callable[[], Any]] = None, check_finite: bool = False) -> Plan:
   """Plans a warm start without training anything (a dry run).
 
   Args:

@@ -15,15 +15,14 @@ import contextlib
 import logging
 import re
 import threading
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import tensorflow as tf
 
-from warmstart import _apply
-from warmstart import _model_fn
-from warmstart import _select
+from warmstart import _apply, _model_fn, _select
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import FreezeError, PatternError
+from warmstart._select import Patterns
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,9 @@ _WRITERS = re.compile(r"(Resource)?(Sparse)?Apply\w+|Assign\w*|(Resource)?Scatte
                       r"|(Resource)?StridedSliceAssign")
 
 _patch_lock = threading.RLock()
+
+# freeze() returns the same kind as given: a model_fn or an Estimator.
+_ModelOrEstimatorT = TypeVar("_ModelOrEstimatorT", Callable[..., Any], tf.estimator.Estimator)
 
 
 def _keras_layer_classes():
@@ -55,9 +57,9 @@ class FreezeScope:
 
   def __init__(self, predicate: Optional[Callable[[VariableInfo], bool]]):
     self._predicate = predicate
-    self.frozen: Dict[str, list] = collections.OrderedDict()
-    self._frozen_ids = set()
-    self._stack = None
+    self.frozen: dict[str, list] = collections.OrderedDict()
+    self._frozen_ids: set[int] = set()
+    self._stack = contextlib.ExitStack()
 
   def __enter__(self):
     self._stack = contextlib.ExitStack()
@@ -75,6 +77,7 @@ class FreezeScope:
     self._stack.close()
 
   def _creator(self, next_creator, **kwargs):
+    assert self._predicate is not None  # hooked only with a predicate
     variable = next_creator(**kwargs)
     name = _apply.variable_name(variable)
     info = VariableInfo.make(name, variable.shape.as_list() if variable.shape.is_fully_defined()
@@ -108,7 +111,7 @@ class FreezeScope:
     return add_weight
 
 
-def check_train_op(train_op, frozen: Dict[str, list]) -> None:
+def check_train_op(train_op, frozen: dict[str, list]) -> None:
   """Raises FreezeError if anything `train_op` runs writes a frozen variable."""
   if train_op is None or not frozen:
     return
@@ -145,7 +148,7 @@ def _pattern_predicate(pattern):
   return patterns, lambda info: _select.first_match(patterns, info.name) is not None
 
 
-def freeze(model_fn_or_estimator, pattern):
+def freeze(model_fn_or_estimator: _ModelOrEstimatorT, pattern: Patterns) -> _ModelOrEstimatorT:
   """Freezes the variables whose names fully match `pattern` during training.
 
   Args:

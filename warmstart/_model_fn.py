@@ -1,8 +1,13 @@
 """Calling and wrapping model_fns the way tf.estimator does."""
+from typing import Any, Callable, Union
+
 import tensorflow as tf
 from tensorflow.python.util import function_utils  # pylint: disable=g-direct-tensorflow-import
 
 from warmstart._errors import WarmStartError
+
+# A model_fn (features, labels, mode, params, config -> EstimatorSpec) or an Estimator.
+ModelFnOrEstimator = Union[Callable[..., Any], tf.estimator.Estimator]
 
 
 def call_model_fn(model_fn, features, labels, mode, params, config):

@@ -8,15 +8,13 @@ which also checks that every pattern, rule and mapping the user gave was used.
 import dataclasses
 import json
 import logging
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
 import numpy as np
 import tensorflow as tf
 
-from warmstart import _checkpoint
-from warmstart import _kinds
-from warmstart import _rename
-from warmstart import _select
+from warmstart import _checkpoint, _kinds, _rename, _select
 from warmstart._checkpoint import CheckpointRef, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 
@@ -28,6 +26,10 @@ MISSING = "missing"
 NOT_SELECTED = "not_selected"
 
 SHAPE_POLICIES = ("error", "skip")
+# on_shape_mismatch: one policy for every variable, or {pattern: policy} (first match wins).
+ShapePolicies = Union[str, Mapping[str, str]]
+# freeze: False, True (exactly what is warm-started), or a regex / list of regexes.
+FreezeSpec = Union[bool, str, Sequence[str]]
 OPTIMIZER_STATES = ("reset", "keep")
 _RESET_KINDS = (_kinds.OPTIMIZER_SLOT, _kinds.STEP)
 
@@ -44,7 +46,7 @@ class Entry:
   """
   name: str
   checkpoint_name: str
-  shape: Tuple[int, ...]
+  shape: tuple[int, ...]
   dtype: str
   kind: str
   reason: str = ""
@@ -58,19 +60,19 @@ class Report:
   """
   source: str
   step: Optional[int]
-  loaded: List[Entry] = dataclasses.field(default_factory=list)
-  skipped: List[Entry] = dataclasses.field(default_factory=list)
-  missing: List[Entry] = dataclasses.field(default_factory=list)
-  not_selected: List[Entry] = dataclasses.field(default_factory=list)
-  frozen: List[str] = dataclasses.field(default_factory=list)
-  unused_patterns: List[str] = dataclasses.field(default_factory=list)
-  unused_rules: List[str] = dataclasses.field(default_factory=list)
-  unused_checkpoint_tensors: List[Entry] = dataclasses.field(default_factory=list)
-  problems: List[str] = dataclasses.field(default_factory=list)
+  loaded: list[Entry] = dataclasses.field(default_factory=list)
+  skipped: list[Entry] = dataclasses.field(default_factory=list)
+  missing: list[Entry] = dataclasses.field(default_factory=list)
+  not_selected: list[Entry] = dataclasses.field(default_factory=list)
+  frozen: list[str] = dataclasses.field(default_factory=list)
+  unused_patterns: list[str] = dataclasses.field(default_factory=list)
+  unused_rules: list[str] = dataclasses.field(default_factory=list)
+  unused_checkpoint_tensors: list[Entry] = dataclasses.field(default_factory=list)
+  problems: list[str] = dataclasses.field(default_factory=list)
   resumed_from: Optional[str] = None
 
   @property
-  def renamed(self) -> List[Entry]:
+  def renamed(self) -> list[Entry]:
     return [e for e in self.loaded if e.name != e.checkpoint_name]
 
   def to_dict(self) -> dict:
@@ -139,7 +141,7 @@ def _human_bytes(n):
 
 def _summarize(entries, limit=8):
   """Entries grouped by kind: weights are named, optimizer state only counted."""
-  by_kind = {}
+  by_kind: dict[str, list[str]] = {}
   for entry in entries:
     by_kind.setdefault(entry.kind, []).append(entry.name)
   parts = []
@@ -170,7 +172,7 @@ class Plan:
     report: what will be loaded, skipped and why.
   """
   source: CheckpointRef
-  assignments: Tuple[Assignment, ...]
+  assignments: tuple[Assignment, ...]
   report: Report
 
 
@@ -210,8 +212,8 @@ class Planner:
       raise WarmStartError("optimizer_state must be 'reset' (leave optimizer slots and the step "
                            "at their initializers) or 'keep'; got %r" % (optimizer_state,))
     self.optimizer_state = optimizer_state
+    self.freeze_patterns: tuple[_select.Pattern, ...] = ()
     if isinstance(freeze, bool):
-      self.freeze_patterns = ()
       self.freeze_loaded = freeze
     else:
       self.freeze_patterns = _select.compile_patterns(freeze, "freeze")
@@ -309,10 +311,10 @@ class Planner:
     for rule in self.rules:
       if not any(d.rule is rule for d in selected):
         report.unused_rules.append(str(rule))
-        matched = [n for n in names if rule.pattern.matches(n)]
+        matching = [n for n in names if rule.pattern.matches(n)]
         problems.append("rename rule %s was never used: %s" % (rule, (
-            "it matches only variables that are not selected (%s)" % ", ".join(matched[:3])
-            if matched else "it matches no model variable." + _select.closest(
+            "it matches only variables that are not selected (%s)" % ", ".join(matching[:3])
+            if matching else "it matches no model variable." + _select.closest(
                 rule.pattern.text, names))))
     loaded_names = {d.variable.name for d in decisions if d.action == LOAD}
     for name in self.vocab:
@@ -363,7 +365,7 @@ class Planner:
                                                                  ", ".join(non_finite)))
 
 
-def _check_vocab(vocab) -> Dict[str, object]:
+def _check_vocab(vocab) -> dict[str, object]:
   if vocab is None:
     return {}
   if not isinstance(vocab, Mapping) or not all(

@@ -6,12 +6,13 @@ fully matched against the model variable name; the template is expanded with its
 """
 import dataclasses
 import re
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
 
 from warmstart._errors import PatternError
 from warmstart._select import Pattern, compile_pattern
 
-Rules = Union[Mapping[str, str], Sequence[Tuple[str, str]], None]
+Rules = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Rule:
     return "%r -> %r" % (self.pattern.text, self.template)
 
 
-def compile_rules(rename: Rules) -> Tuple[Rule, ...]:
+def compile_rules(rename: Rules) -> tuple[Rule, ...]:
   """Validates and compiles rename rules."""
   if rename is None:
     return ()
@@ -50,7 +51,7 @@ def compile_rules(rename: Rules) -> Tuple[Rule, ...]:
   return tuple(rules)
 
 
-def checkpoint_name(rules: Sequence[Rule], name: str) -> Tuple[str, Optional[Rule]]:
+def checkpoint_name(rules: Sequence[Rule], name: str) -> tuple[str, Optional[Rule]]:
   """Returns (the checkpoint name for model variable `name`, the rule used or None)."""
   for rule in rules:
     match = rule.pattern.regex.fullmatch(name)
@@ -58,5 +59,5 @@ def checkpoint_name(rules: Sequence[Rule], name: str) -> Tuple[str, Optional[Rul
       try:
         return match.expand(rule.template), rule
       except (re.error, IndexError) as err:
-        raise PatternError("rename rule %s cannot expand for %r: %s" % (rule, name, err))
+        raise PatternError("rename rule %s cannot expand for %r: %s" % (rule, name, err)) from err
   return name, None

@@ -6,7 +6,8 @@ So an exact name is a valid pattern, and `mnist/hidden` does not silently grab
 import dataclasses
 import difflib
 import re
-from typing import Iterable, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
 
 from warmstart._errors import PatternError
 
@@ -32,10 +33,10 @@ def compile_pattern(text, what: str) -> Pattern:
     return Pattern(text, re.compile(text))
   except re.error as err:
     raise PatternError("invalid regex in %s: %r: %s. Escape special characters with "
-                       "re.escape() to match a literal name." % (what, text, err))
+                       "re.escape() to match a literal name." % (what, text, err)) from err
 
 
-def compile_patterns(patterns: Patterns, what: str) -> Tuple[Pattern, ...]:
+def compile_patterns(patterns: Patterns, what: str) -> tuple[Pattern, ...]:
   """Compiles a regex or a list of regexes (None means none)."""
   if patterns is None:
     return ()

@@ -33,12 +33,10 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 import warmstart
-from warmstart import _checkpoint
-from warmstart import _select
+from warmstart import _checkpoint, _select
 
 _INCLUDE = flags.DEFINE_multi_string(
     "include", None, "Regex (fully matched) of tensor / variable names to take; repeatable.")
@@ -191,7 +189,7 @@ def _ls(path):
                                       _EXCLUDE.value, "variable of %s" % ref.prefix))
   variables = [v for v in variables if v.name in selected]
   total = sum(v.nbytes for v in variables)
-  by_kind = {}
+  by_kind: dict[str, tuple[int, int]] = {}
   for v in variables:
     count, nbytes = by_kind.get(v.kind, (0, 0))
     by_kind[v.kind] = (count + 1, nbytes + v.nbytes)
@@ -207,8 +205,8 @@ def _ls(path):
            _human_bytes(v.nbytes) if v.nbytes or v.dtype != "string" else "?", v.kind)
           for v in variables]
   header = ("name", "shape", "dtype", "size", "kind")
-  widths = [max(len(row[i]) for row in rows + [header]) for i in range(4)]
-  for row in [header] + rows:
+  widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
+  for row in [header, *rows]:
     print("  %-*s  %-*s  %-*s  %*s  %s" % (widths[0], row[0], widths[1], row[1], widths[2],
                                            row[2], widths[3], row[3], row[4]))
   print("%d variable%s, %s: %s" % (
@@ -320,7 +318,7 @@ def _diff(path_a, path_b):
     _print_json(data)
     return status
   print(report)
-  for name, sides in values:
+  for _name, sides in values:
     for label, prefix, wanted, value in sides:
       print("tensor_name: ", wanted)
       print("(not in %s: %s)" % (label, prefix) if value is None else value)
