@@ -116,6 +116,7 @@ def _write_report(model_dir, report):
   except BaseException:
     os.unlink(tmp)
     raise
+  logger.info("wrote warm-start report %s", path)
   return path
 
 
