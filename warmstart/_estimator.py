@@ -1,7 +1,9 @@
 """The tf.estimator entry points: `settings`, `estimator_from` and `plan`."""
+import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -99,6 +101,19 @@ def _write_report(model_dir, report):
   """Writes the report as JSON into model_dir, atomically (whole or not at all)."""
   path = os.path.join(model_dir, REPORT_FILE)
   text = report.to_json()
+  try:
+    return _write_atomically(model_dir, path, text)
+  except OSError as err:
+    space = ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+      space = " (it needs %d bytes; %d are free)" % (len(text.encode()),
+                                                    shutil.disk_usage(model_dir).free)
+    raise WarmStartError("cannot write the warm-start report %s: %s%s. Free the space or move "
+                         "what is in the way, then train again."
+                         % (path, err.strerror or err, space)) from err
+
+
+def _write_atomically(model_dir, path, text):
   if "://" in model_dir:  # Remote file systems: through tf.io.gfile, rename is atomic there.
     tf.io.gfile.makedirs(model_dir)
     with tf.io.gfile.GFile(path + ".tmp", "w") as f:
@@ -120,6 +135,34 @@ def _write_report(model_dir, report):
   return path
 
 
+def _location(ref: _checkpoint.CheckpointRef) -> str:
+  """The file or directory a resolved source lives in (symlinks resolved)."""
+  if ref.kind == _checkpoint.SAVED_MODEL:  # <dir>/variables/variables
+    return os.path.realpath(os.path.dirname(os.path.dirname(ref.prefix)))
+  if ref.kind == _checkpoint.CHECKPOINT:
+    return os.path.realpath(os.path.dirname(ref.prefix))
+  return os.path.realpath(ref.prefix)
+
+
+def _check_apart(model_dir: str, ref: _checkpoint.CheckpointRef, what: str = "model_dir") -> None:
+  """Refuses a model_dir that is, contains or lies inside the source's location.
+
+  Training there would treat the source as a checkpoint to resume, and TensorFlow's checkpoint
+  rotation would then delete source files.
+  """
+  if "://" in model_dir:
+    return
+  target, source = os.path.realpath(model_dir), _location(ref)
+  relation = ("is" if target == source else
+              "contains" if source.startswith(target.rstrip(os.sep) + os.sep) else
+              "lies inside" if target.startswith(source.rstrip(os.sep) + os.sep) else None)
+  if relation:
+    raise WarmStartError(
+        "%s %s %s the warm-start source %s (%s): training there would resume from the source "
+        "and checkpoint rotation would delete its files. Pick a %s outside it."
+        % (what, model_dir, relation, ref.prefix, source, what))
+
+
 def _check_writable(model_dir):
   """Fails now, not after the first training step, if model_dir cannot be written."""
   if "://" in model_dir:
@@ -139,8 +182,11 @@ def _frozen_from_report(model_dir):
   path = os.path.join(model_dir, REPORT_FILE)
   try:
     with tf.io.gfile.GFile(path) as f:
-      return set(json.load(f)["frozen"])
-  except (tf.errors.NotFoundError, ValueError, KeyError) as err:
+      frozen = json.load(f)["frozen"]
+    if not isinstance(frozen, list) or not all(isinstance(name, str) for name in frozen):
+      raise ValueError("'frozen' is not a list of names: %r" % (frozen,))
+    return set(frozen)
+  except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as err:
     raise WarmStartError(
         "model_dir %s holds a checkpoint, the warm-start source is gone and %s cannot be read "
         "(%s): cannot tell which variables to freeze" % (model_dir, path, err)) from err
@@ -195,6 +241,7 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
                    step=step, check_finite=check_finite)
   try:
     planner = Planner(warm_start_from, **arguments)
+    _check_apart(model_dir, planner.source)
   except _checkpoint.CheckpointNotFoundError:
     if not tf.train.latest_checkpoint(model_dir):
       raise
