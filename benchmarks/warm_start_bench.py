@@ -1,0 +1,160 @@
+"""Benchmark: the cost of warm-starting an Estimator, ours against TF's `WarmStartSettings`.
+
+For models of --variables N small variables (and, with --gib, one with that many GiB of weights in
+64 MiB kernels), each run in a fresh subprocess, interleaved, --repeats times:
+
+  none      a plain `tf.estimator.Estimator`, no warm start
+  tf        `warm_start_from=tf.estimator.WarmStartSettings(SOURCE, vars_to_warm_start=".*")`
+  warmstart `warmstart.estimator_from(model_fn, warm_start_from=SOURCE)`
+
+It measures the time from building the Estimator to the end of its first training step (the
+first `train(steps=1)` from an empty model_dir: graph building, planning, session creation,
+restore, one step, the first checkpoint) and the peak RSS (VmHWM). It prints medians and the
+overhead ratio (warmstart - none) / (tf - none) per size: 1.0 is "as costly as TF's own warm
+start", below 1 is cheaper.
+
+  python benchmarks/warm_start_bench.py                           # 200 and 2000 variables
+  python benchmarks/warm_start_bench.py --variables=10000 --repeats=1
+  python benchmarks/warm_start_bench.py --variables= --gib=1      # one model of 1 GiB
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags
+
+flags.DEFINE_list("variables", ["200", "2000"], "Model sizes, in variables.")
+flags.DEFINE_float("gib", 0.0, "Also a model with this many GiB of weights (0: none).")
+flags.DEFINE_integer("repeats", 3, "Interleaved repetitions of each measurement (medians).")
+flags.DEFINE_string("child", None, "Internal: run one measurement (JSON) and print the result.")
+FLAGS = flags.FLAGS
+
+MODES = ("none", "tf", "warmstart")
+_BIG = 1 << 24  # float32 elements in one 64 MiB kernel
+
+
+def _shapes(spec):
+  """[(name, shape)] of a model: N tiny kernels, or GiB of 64 MiB kernels."""
+  if spec["gib"]:
+    count = max(1, round(spec["gib"] * (1 << 30) / (4 * _BIG)))
+    return [("big_%d/kernel" % i, [_BIG // 1024, 1024]) for i in range(count)]
+  return [("layer_%d/kernel" % i, [4, 4]) for i in range(spec["variables"])]
+
+
+def _model_fn(features, labels, mode, params):
+  import tensorflow as tf
+  total = tf.constant(0.0)
+  for name, shape in _shapes(params):
+    variable = tf.compat.v1.get_variable(name, shape, initializer=tf.compat.v1.zeros_initializer())
+    total += tf.reduce_sum(variable[:1, :1]) * tf.reduce_mean(features["x"])
+  loss = tf.square(total - 1.0)
+  train_op = tf.compat.v1.train.GradientDescentOptimizer(0.01).minimize(
+      loss, global_step=tf.compat.v1.train.get_or_create_global_step())
+  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def _input_fn():
+  import tensorflow as tf
+  return tf.data.Dataset.from_tensors(({"x": tf.ones([1, 4])}, tf.zeros([1]))).repeat()
+
+
+def _write_source(spec, directory):
+  import numpy as np
+  import tensorflow as tf
+  with tf.Graph().as_default():
+    names, values = zip(*[(n, np.full(s, 0.5, np.float32)) for n, s in _shapes(spec)])
+    save = tf.raw_ops.SaveV2(prefix=os.path.join(directory, "model.ckpt-1"),
+                             tensor_names=list(names), shape_and_slices=[""] * len(names),
+                             tensors=[tf.constant(v) for v in values])
+    with tf.compat.v1.Session() as session:
+      session.run(save)
+  tf.compat.v1.train.update_checkpoint_state(directory, os.path.join(directory, "model.ckpt-1"))
+
+
+def _peak_rss():
+  with open("/proc/self/status") as status:
+    for line in status:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
+def _child(job):
+  import tensorflow as tf
+
+  import warmstart
+  tf.get_logger().setLevel("ERROR")
+  spec, mode = job["spec"], job["mode"]
+  if mode == "write":
+    _write_source(spec, job["source"])
+    return
+  config = tf.estimator.RunConfig(save_summary_steps=None, log_step_count_steps=None)
+  start = time.perf_counter()
+  if mode == "warmstart":
+    estimator = warmstart.estimator_from(_model_fn, model_dir=job["model_dir"],
+                                         warm_start_from=job["source"], params=spec,
+                                         config=config)
+  else:
+    warm = (tf.estimator.WarmStartSettings(job["source"], vars_to_warm_start=".*")
+            if mode == "tf" else None)
+    estimator = tf.estimator.Estimator(_model_fn, model_dir=job["model_dir"], params=spec,
+                                       config=config, warm_start_from=warm)
+  estimator.train(_input_fn, steps=1)
+  print(json.dumps({"seconds": time.perf_counter() - start, "rss": _peak_rss()}))
+
+
+def _run(job):
+  result = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
+                          capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise SystemExit("%s failed:\n%s" % (job["mode"], result.stderr[-3000:]))
+  lines = result.stdout.strip().splitlines()
+  return json.loads(lines[-1]) if lines else None
+
+
+def main(argv):
+  del argv
+  if FLAGS.child:
+    _child(json.loads(FLAGS.child))
+    return
+  specs = [{"variables": int(n), "gib": 0.0} for n in FLAGS.variables if n]
+  if FLAGS.gib:
+    specs.append({"variables": 0, "gib": FLAGS.gib})
+  work = tempfile.mkdtemp(prefix="warm_start_bench-")
+  try:
+    for spec in specs:
+      label = "%.2g GiB" % spec["gib"] if spec["gib"] else "%d variables" % spec["variables"]
+      source = os.path.join(work, "source")
+      os.makedirs(source)
+      _run({"spec": spec, "mode": "write", "source": source})
+      results = {mode: [] for mode in MODES}
+      for repeat in range(FLAGS.repeats):
+        for mode in MODES:
+          model_dir = os.path.join(work, "%s-%d" % (mode, repeat))
+          results[mode].append(_run({"spec": spec, "mode": mode, "source": source,
+                                     "model_dir": model_dir}))
+          shutil.rmtree(model_dir, ignore_errors=True)
+      seconds = {m: statistics.median(r["seconds"] for r in results[m]) for m in MODES}
+      rss = {m: statistics.median(r["rss"] for r in results[m]) for m in MODES}
+      print("%s (medians of %d):" % (label, FLAGS.repeats))
+      for mode in MODES:
+        print("  %-9s %7.2f s   peak RSS %7.1f MiB" % (mode, seconds[mode], rss[mode] / 2**20))
+      extra = seconds["tf"] - seconds["none"]
+      print("  overhead ratio (warmstart - none) / (tf - none) = %s; RSS warmstart / tf = %.3f"
+            % ("%.2f" % ((seconds["warmstart"] - seconds["none"]) / extra) if extra > 0 else
+               "n/a (TF's warm start cost nothing measurable)", rss["warmstart"] / rss["tf"]),
+            flush=True)
+      shutil.rmtree(source)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
