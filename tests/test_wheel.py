@@ -59,3 +59,16 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
   listed = _run([script, "ls", prefix], cwd=str(elsewhere), env=env)
   assert listed.returncode == 0, listed.stderr[-3000:]
   assert "dense/kernel" in listed.stdout and "(step 4)" in listed.stdout
+
+  # The console script and `python -m warmstart` are one program: the same output, and the same
+  # quiet start (no TensorFlow log level set by the caller, yet one error line and nothing else).
+  env.pop("TF_CPP_MIN_LOG_LEVEL")
+  for args in (["ls", prefix], ["ls", prefix + "-nope"], ["diff", prefix, prefix + "-nope"]):
+    by_script = _run([script, *args], cwd=str(elsewhere), env=env)
+    by_module = _run([sys.executable, "-m", "warmstart", *args], cwd=str(elsewhere), env=env)
+    assert (by_script.returncode, by_script.stdout, by_script.stderr) == (
+        by_module.returncode, by_module.stdout, by_module.stderr)
+    if by_script.returncode:
+      assert by_script.returncode == 2
+      assert by_script.stderr.startswith("warmstart: error: no checkpoint at ")
+      assert by_script.stderr.count("\n") == 1, by_script.stderr

@@ -1,12 +1,16 @@
 """warmstart: correct, visible and verifiable warm-starting of tf.estimator models.
 
 See README.md for the guide; the public names are re-exported here.
+
+`import warmstart` does not import TensorFlow: reading and verifying (`resolve_checkpoint`,
+`list_variables`, `read_tensor`, `diff`, `plan` against a checkpoint) never need it. The
+Estimator-side names (`settings`, `estimator_from`, `freeze`) load it on first use.
 """
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
 from warmstart._checkpoint import CheckpointRef
 from warmstart._checkpoint import VariableInfo
-from warmstart._checkpoint import list_variables
 from warmstart._checkpoint import resolve_checkpoint
 from warmstart._diff import DiffReport
 from warmstart._diff import diff
@@ -16,12 +20,23 @@ from warmstart._errors import FreezeError
 from warmstart._errors import PatternError
 from warmstart._errors import PlanError
 from warmstart._errors import WarmStartError
-from warmstart._estimator import estimator_from
-from warmstart._estimator import plan
-from warmstart._estimator import settings
-from warmstart._freeze import freeze
 from warmstart._plan import Plan
 from warmstart._plan import Report
+from warmstart._plan import plan
+from warmstart.sources import list_variables
+from warmstart.sources import read_tensor
+
+if TYPE_CHECKING:  # type checkers and IDEs see the lazily loaded names as ordinary imports
+  from warmstart._estimator import estimator_from
+  from warmstart._estimator import settings
+  from warmstart._freeze import freeze
+
+# Names whose modules import TensorFlow: loaded by __getattr__ on first use (PEP 562).
+_LAZY = {
+    "estimator_from": "warmstart._estimator",
+    "settings": "warmstart._estimator",
+    "freeze": "warmstart._freeze",
+}
 
 try:  # One version: the package metadata's (pyproject.toml), so the two cannot disagree.
   __version__ = _metadata.version("warmstart")
@@ -45,6 +60,21 @@ __all__ = (
     "freeze",
     "list_variables",
     "plan",
+    "read_tensor",
     "resolve_checkpoint",
     "settings",
 )
+
+
+def __getattr__(name):
+  module_name = _LAZY.get(name)
+  if module_name is None:
+    raise AttributeError("module 'warmstart' has no attribute %r" % name)
+  import importlib  # pylint: disable=g-import-not-at-top
+  value = getattr(importlib.import_module(module_name), name)
+  globals()[name] = value  # later lookups skip __getattr__
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

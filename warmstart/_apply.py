@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from warmstart import _checkpoint
+from warmstart import _checkpoint, sources
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import WarmStartError
 
@@ -81,7 +81,7 @@ def materialize(ref) -> str:
     # it lives in a private temp dir removed at exit (the source .npz is never written).
     directory = tempfile.mkdtemp(prefix="warmstart-npz-")
     atexit.register(shutil.rmtree, directory, True)
-    with _checkpoint.Reader(ref) as reader, tf.Graph().as_default():
+    with sources.open_reader(ref) as reader, tf.Graph().as_default():
       names = list(reader.variables)
       placeholders = [tf.compat.v1.placeholder(tf.as_dtype(reader.variables[n].dtype))
                       for n in names]

@@ -1,4 +1,4 @@
-"""Pure-Python, defensive reader for TensorFlow V2 checkpoints ("tensor bundles").
+"""Defensive reader of TensorFlow V2 checkpoints ("tensor bundles") that needs no TensorFlow.
 
 A V2 checkpoint written under ``PREFIX`` consists of
 
@@ -33,11 +33,14 @@ A V2 checkpoint written under ``PREFIX`` consists of
 
 Why this module exists:
 
-1. Comparing checkpoints tensor by tensor is fast and memory-bounded when the
+1. Listing, reading and comparing checkpoints is what users run most (in CI,
+   in shell loops); importing TensorFlow for it costs seconds and half a GB.
+   Everything here needs numpy and google-crc32c only (the index's protocol
+   buffers are decoded by ``_wire``, dtypes come from ``_dtypes``).
+2. Comparing checkpoints tensor by tensor is fast and memory-bounded when the
    raw byte ranges are read straight from the data files (and compared or
-   checksummed) instead of materialising every tensor through TensorFlow's
-   reader.
-2. TensorFlow's C++ reader may abort the whole process on crafted or corrupt
+   checksummed) instead of materialising every tensor.
+3. TensorFlow's C++ reader may abort the whole process on crafted or corrupt
    files.  Files are validated here first.  This parser never trusts a size or
    offset before checking it against the real file, does work linear in the
    file size, never loops without progress, and reports every malformation as
@@ -46,23 +49,22 @@ Why this module exists:
 Typical use: ``index = read_index(prefix)`` (validates the index),
 ``check_data_files(index)`` (every byte range lies inside an existing shard),
 then ``read_tensor_bytes(index, entry)`` per tensor, ``verify_crc=True`` to
-also check its stored checksum.
+also check its stored checksum (``read_tensor_into`` reads a large tensor into
+an array in checksummed pieces).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import stat as _stat
 import struct
-import sys
 
+import google_crc32c
 import numpy as np
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import tensor_bundle_pb2
 
+from warmstart import _dtypes, _wire
 from warmstart._errors import CheckpointReadError
 
 __all__ = [
@@ -70,9 +72,13 @@ __all__ = [
   "BundleError",
   "BundleIndex",
   "check_data_files",
+  "crc32c",
+  "decode_strings",
+  "mask_crc32c",
   "masked_crc32c",
   "read_index",
   "read_tensor_bytes",
+  "read_tensor_into",
   "tensor_crc32c",
 ]
 
@@ -83,165 +89,17 @@ class BundleError(CheckpointReadError):
 
 # --------------------------------------------------------------------------
 # CRC32C (Castagnoli), as used by LevelDB/TensorFlow, with TF's masking.
+# google-crc32c computes it (in hardware where the CPU has an instruction).
 # --------------------------------------------------------------------------
 
-_POLY = 0x82F63B78  # reflected Castagnoli polynomial
 _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
 
 
-def _make_byte_table() -> list[int]:
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ _POLY if c & 1 else c >> 1
-    table.append(c)
-  return table
-
-
-_T0 = _make_byte_table()
-# Slicing-by-4 tables: _TK[k][b] = CRC register effect of byte b followed by
-# k zero bytes.
-_TK = [np.array(_T0, dtype=np.uint32)]
-for _k in range(1, 4):
-  _prev = _TK[-1]
-  _TK.append((_prev >> np.uint32(8)) ^ _TK[0][_prev & np.uint32(0xFF)])
-del _k, _prev
-# Two 64K-entry tables consume four bytes with two lookups:
-# after "crc ^= word", crc' = _T_LO16[crc & 0xffff] ^ _T_HI16[crc >> 16].
-_T_LO16 = (_TK[2][:, None] ^ _TK[3][None, :]).ravel()  # index b0 | b1 << 8
-_T_HI16 = (_TK[0][:, None] ^ _TK[1][None, :]).ravel()  # index b2 | b3 << 8
-_LITTLE_HOST = sys.byteorder == "little"
-
-# Below this many bytes a plain Python loop beats numpy's per-call overhead.
-_SMALL_CRC = 512
-# Largest piece handled by one set of lanes (bounds temporary memory).
-_CRC_CHUNK = 1 << 22
-# Lane results are merged in groups of this many.
-_GROUP_LOG2 = 6
-_GROUP = 1 << _GROUP_LOG2
-_GROUP_BASE = ((np.arange(_GROUP)[:, None] * 4 + np.arange(4)[None, :]) * 256).astype(np.intp)
-
-
-def _crc_raw_py(state: int, data) -> int:
-  table = _T0
-  for b in bytes(data):
-    state = table[(state ^ b) & 0xFF] ^ (state >> 8)
-  return state
-
-
-@functools.cache
-def _zeros_op_pow2(k: int) -> tuple[int, ...]:
-  """Columns of the GF(2)-linear map "feed 2**k zero bytes" on the CRC register."""
-  if k == 0:
-    return tuple(_T0[(1 << i) & 0xFF] ^ ((1 << i) >> 8) for i in range(32))
-  half = _zeros_op_pow2(k - 1)
-  twice = []
-  for col in half:
-    r = 0
-    i = 0
-    while col:
-      if col & 1:
-        r ^= half[i]
-      col >>= 1
-      i += 1
-    twice.append(r)
-  return tuple(twice)
-
-
-def _byte_tables(cols: np.ndarray) -> np.ndarray:
-  """Byte lookup tables of linear maps given by their columns.
-
-  ``cols[..., k, i]`` is the image of bit ``i`` of byte ``k``; the result
-  ``[..., k, b]`` is the image of byte value ``b`` in byte position ``k``.
-  """
-  tables = np.zeros((*cols.shape[:-1], 256), dtype=np.uint32)
-  for i in range(8):
-    tables[..., 1 << i:2 << i] = tables[..., :1 << i] ^ cols[..., i:i + 1]
-  return tables
-
-
-@functools.cache
-def _group_tables(span_log2: int) -> np.ndarray:
-  """Lookup tables merging ``_GROUP`` consecutive lane results.
-
-  Lane ``j`` of a group (each lane ``2**span_log2`` bytes long) is followed by
-  ``_GROUP - 1 - j`` further lanes, so its raw CRC must be advanced over that
-  many lanes of zeros: the merged value is the XOR over ``j`` and its bytes
-  ``k`` of ``table[j, k, byte_k(lane_j)]`` (flattened).
-  """
-  step = _byte_tables(np.array(_zeros_op_pow2(span_log2), dtype=np.uint32).reshape(4, 8))
-  cols = [np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32))]  # identity
-  for _ in range(_GROUP - 1):
-    c = cols[-1]
-    cols.append(step[0][c & 0xFF] ^ step[1][(c >> 8) & 0xFF]
-                ^ step[2][(c >> 16) & 0xFF] ^ step[3][c >> 24])
-  powers = np.stack(cols[::-1])  # row j: advance over _GROUP - 1 - j lanes
-  return _byte_tables(powers.reshape(_GROUP, 4, 8)).reshape(-1)
-
-
-def _crc_raw_lanes(data: memoryview, state: int) -> int:
-  """The raw CRC register after feeding ``data`` (>= 4 bytes) to ``state``.
-
-  The input is cut into equal lanes of ``2**lane_log2`` bytes, all run in
-  parallel with numpy (slicing-by-4 with two 64K-entry tables), and the lane
-  results are merged with precomputed "advance over zeros" tables.  This
-  uses that the CRC register is GF(2)-linear in (state, data): leading zero
-  bytes do not change a register of 0 (so the front is zero padded), and a
-  start state can be XORed into the first four data bytes instead.
-  """
-  size = data.nbytes
-  lane_log2 = min(8, max(4, (size >> 13).bit_length()))
-  lane_bytes = 1 << lane_log2
-  lanes = -(-size // lane_bytes)
-  pad = lanes * lane_bytes - size
-  buf = np.empty(lanes * lane_bytes, dtype=np.uint8)
-  buf[:pad] = 0
-  buf[pad:] = np.frombuffer(data, dtype=np.uint8)
-  buf[pad:pad + 4] ^= np.frombuffer(state.to_bytes(4, "little"), dtype=np.uint8)
-  words = buf.view("<u4").reshape(lanes, lane_bytes // 4)
-  words = np.ascontiguousarray(words.T, dtype=np.uint32)  # [word, lane]
-
-  crc = np.zeros(lanes, dtype=np.uint32)
-  halves = crc.view(np.uint16)
-  lo, hi = (halves[0::2], halves[1::2]) if _LITTLE_HOST else (halves[1::2], halves[0::2])
-  t_lo = np.empty(lanes, dtype=np.uint32)
-  t_hi = np.empty(lanes, dtype=np.uint32)
-  for row in words:
-    np.bitwise_xor(crc, row, out=crc)
-    np.take(_T_LO16, lo, out=t_lo)
-    np.take(_T_HI16, hi, out=t_hi)
-    np.bitwise_xor(t_lo, t_hi, out=crc)
-
-  span_log2 = lane_log2
-  while crc.size > 1:
-    short = -crc.size % _GROUP
-    if short:  # leading all-zero lanes contribute nothing
-      crc = np.concatenate([np.zeros(short, dtype=np.uint32), crc])
-    tables = _group_tables(span_log2)
-    lane_bytes_le = crc.astype("<u4").view(np.uint8).reshape(-1, _GROUP, 4)
-    merged = tables[_GROUP_BASE + lane_bytes_le]
-    crc = np.bitwise_xor.reduce(merged.reshape(merged.shape[0], -1), axis=1)
-    span_log2 += _GROUP_LOG2
-  return int(crc[0])
-
-
-def _crc32c(data, crc: int = 0) -> int:
+def crc32c(data, crc: int = 0) -> int:
   """Standard (unmasked) CRC32C of a bytes-like object, extending ``crc``."""
-  view = memoryview(data)
-  if not view.c_contiguous:
-    raise ValueError("crc32c needs a contiguous buffer")
-  if view.ndim != 1 or view.itemsize != 1 or view.format not in ("B", "b", "c"):
-    view = view.cast("B")
-  size = view.nbytes
-  state = crc ^ _U32
-  if size < _SMALL_CRC:
-    return _crc_raw_py(state, view) ^ _U32
-  for start in range(0, size, _CRC_CHUNK):
-    piece = view[start:start + _CRC_CHUNK]
-    state = _crc_raw_py(state, piece) if piece.nbytes < 4 else _crc_raw_lanes(piece, state)
-  return state ^ _U32
+  # google-crc32c takes only immutable buffers: anything else is copied.
+  return google_crc32c.extend(crc, data if isinstance(data, bytes) else bytes(data))
 
 
 def mask_crc32c(crc: int) -> int:
@@ -250,13 +108,8 @@ def mask_crc32c(crc: int) -> int:
 
 
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
-  """TensorFlow's masked CRC32C of ``data`` (as stored in checkpoints).
-
-  Accepts any C-contiguous bytes-like object (bytes, bytearray, memoryview,
-  mmap, numpy array).  Large inputs are processed with numpy in bounded
-  pieces, so memory use stays small whatever the input size.
-  """
-  return mask_crc32c(_crc32c(data))
+  """TensorFlow's masked CRC32C of ``data`` (as stored in checkpoints)."""
+  return mask_crc32c(crc32c(data))
 
 
 # --------------------------------------------------------------------------
@@ -271,7 +124,7 @@ class BundleEntry:
   ``dtype`` is the numpy dtype of the stored bytes (in the bundle's byte
   order), or None when the tensor has no fixed-size layout (DT_STRING,
   DT_VARIANT, DT_RESOURCE) or numpy has no such type.  ``tf_dtype`` is the
-  ``DataType`` enum value.  ``shard_id``/``offset``/``size`` locate the
+  ``DataType`` enum value, ``dtype_name`` TensorFlow's name of it.  ``shard_id``/``offset``/``size`` locate the
   stored bytes and ``crc32c`` is their masked CRC32C as stored.
 
   ``sliced`` is True for a tensor saved as slices (a partitioned variable):
@@ -295,6 +148,10 @@ class BundleEntry:
   @property
   def num_elements(self) -> int:
     return math.prod(self.shape)
+
+  @property
+  def dtype_name(self) -> str:
+    return _dtypes.enum_name(self.tf_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,62 +206,25 @@ _MAX_INT64 = (1 << 63) - 1
 # TensorBundle format version (tensor_bundle.h).
 _BUNDLE_VERSION = 1
 _BUNDLE_MIN_PRODUCER = 0
-
-_DT = types_pb2
-# DataType -> element size in bytes, for types with a fixed-size layout.
-_ITEMSIZE = {
-    _DT.DT_FLOAT: 4, _DT.DT_DOUBLE: 8, _DT.DT_INT32: 4, _DT.DT_UINT8: 1,
-    _DT.DT_INT16: 2, _DT.DT_INT8: 1, _DT.DT_COMPLEX64: 8, _DT.DT_INT64: 8,
-    _DT.DT_BOOL: 1, _DT.DT_QINT8: 1, _DT.DT_QUINT8: 1, _DT.DT_QINT32: 4,
-    _DT.DT_BFLOAT16: 2, _DT.DT_QINT16: 2, _DT.DT_QUINT16: 2, _DT.DT_UINT16: 2,
-    _DT.DT_COMPLEX128: 16, _DT.DT_HALF: 2, _DT.DT_UINT32: 4, _DT.DT_UINT64: 8,
-}
-# DataType -> numpy type code (quantized types map to their storage type).
-_NUMPY_CODE = {
-    _DT.DT_FLOAT: "f4", _DT.DT_DOUBLE: "f8", _DT.DT_INT32: "i4",
-    _DT.DT_UINT8: "u1", _DT.DT_INT16: "i2", _DT.DT_INT8: "i1",
-    _DT.DT_COMPLEX64: "c8", _DT.DT_INT64: "i8", _DT.DT_BOOL: "b1",
-    _DT.DT_QINT8: "i1", _DT.DT_QUINT8: "u1", _DT.DT_QINT32: "i4",
-    _DT.DT_QINT16: "i2", _DT.DT_QUINT16: "u2", _DT.DT_UINT16: "u2",
-    _DT.DT_COMPLEX128: "c16", _DT.DT_HALF: "f2", _DT.DT_UINT32: "u4",
-    _DT.DT_UINT64: "u8",
-}
-# Types numpy only knows through ml_dtypes (a TensorFlow dependency).
-_ML_DTYPES = {}
-for _name, _attr, _size in (("DT_BFLOAT16", "bfloat16", 2),
-                            ("DT_FLOAT8_E5M2", "float8_e5m2", 1),
-                            ("DT_FLOAT8_E4M3FN", "float8_e4m3fn", 1),
-                            ("DT_INT4", "int4", 1),
-                            ("DT_UINT4", "uint4", 1)):
-  if _name in _DT.DataType.DESCRIPTOR.values_by_name:
-    _value = _DT.DataType.Value(_name)
-    _ITEMSIZE[_value] = _size
-    _ML_DTYPES[_value] = _attr
-del _name, _attr, _size
-_KNOWN_DTYPES = frozenset(v for v in _DT.DataType.values() if 0 < v < 100)
+_STRING = 7  # DataType DT_STRING
+_VARIANT = 21  # DataType DT_VARIANT
 
 
-@functools.cache
 def _numpy_dtype(tf_dtype: int, little_endian: bool) -> np.dtype | None:
-  code = _NUMPY_CODE.get(tf_dtype)
-  if code is not None:
-    dtype = np.dtype(code)
-    return dtype.newbyteorder("<" if little_endian else ">") if dtype.itemsize > 1 else dtype
-  attr = _ML_DTYPES.get(tf_dtype)
-  if attr is None or (not little_endian and _ITEMSIZE[tf_dtype] > 1):
+  """The numpy dtype of a fixed-size type's stored bytes, in the bundle's byte order."""
+  dtype = _dtypes.BY_ENUM[tf_dtype]
+  if not dtype.size:
     return None
-  try:
-    import ml_dtypes  # pylint: disable=import-outside-toplevel
-    return np.dtype(getattr(ml_dtypes, attr))
-  except (ImportError, AttributeError, TypeError):
-    return None
+  numpy_dtype = _dtypes.numpy_dtype(dtype.name)
+  if numpy_dtype is None or numpy_dtype.itemsize == 1:
+    return numpy_dtype
+  if numpy_dtype.kind == "V":  # ml_dtypes' types have no byte order of their own
+    return numpy_dtype if little_endian else None
+  return numpy_dtype.newbyteorder("<" if little_endian else ">")
 
 
 def _dtype_name(tf_dtype: int) -> str:
-  try:
-    return _DT.DataType.Name(tf_dtype)
-  except ValueError:
-    return str(tf_dtype)
+  return _dtypes.enum_name(tf_dtype)
 
 
 # --------------------------------------------------------------------------
@@ -412,8 +232,7 @@ def _dtype_name(tf_dtype: int) -> str:
 # --------------------------------------------------------------------------
 
 
-class _Malformed(ValueError):
-  """Internal: a structural error at a known position."""
+_Malformed = _wire.Malformed  # internal: a structural error at a known position
 
 
 def _show(key) -> str:
@@ -422,33 +241,12 @@ def _show(key) -> str:
   return text if len(text) <= 120 else text[:100] + f"... ({len(key)} bytes)"
 
 
-def _varint(buf: bytes, pos: int, end: int, bits: int, what: str) -> tuple[int, int]:
-  """Decodes a LevelDB varint of at most ``bits`` bits starting at ``pos``."""
-  start = pos
-  result = 0
-  shift = 0
-  while True:
-    if pos >= end:
-      raise _Malformed(f"{what}: varint at offset {start} runs past the end ({end})")
-    byte = buf[pos]
-    pos += 1
-    result |= (byte & 0x7F) << shift
-    if byte < 0x80:
-      break
-    shift += 7
-    if shift >= bits:
-      raise _Malformed(f"{what}: varint at offset {start} is too long")
-  if result >> bits:
-    raise _Malformed(f"{what}: varint at offset {start} overflows {bits} bits")
-  return result, pos
-
-
 def _varint32(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
-  return _varint(buf, pos, end, 32, what)
+  return _wire.varint(buf, pos, end, what, 32)
 
 
 def _varint64(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
-  return _varint(buf, pos, end, 64, what)
+  return _wire.varint(buf, pos, end, what)
 
 
 def _block_handle(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int, int]:
@@ -720,25 +518,7 @@ def _parse_index(prefix: str, data: bytes) -> BundleIndex:
 
   if not records or records[0][0] != b"":
     raise _Malformed("the bundle header (empty key) is missing")
-  header = tensor_bundle_pb2.BundleHeaderProto()
-  _parse_proto(header, records[0][1], "bundle header")
-  num_shards = header.num_shards
-  if not 1 <= num_shards <= _MAX_SHARDS:
-    raise _Malformed(f"bundle header: bad number of shards {num_shards}")
-  if header.endianness not in (header.LITTLE, header.BIG):
-    raise _Malformed(f"bundle header: unknown endianness value {header.endianness}")
-  little = header.endianness == header.LITTLE
-  version = header.version
-  if version.producer < _BUNDLE_MIN_PRODUCER:
-    raise _Malformed(f"bundle header: producer version {version.producer} is too old")
-  if version.min_consumer > _BUNDLE_VERSION:
-    raise _Malformed(
-        f"bundle header: needs reader version {version.min_consumer}, "
-        f"this reader implements version {_BUNDLE_VERSION}")
-  if _BUNDLE_VERSION in version.bad_consumers:
-    raise _Malformed(
-        f"bundle header: reader version {_BUNDLE_VERSION} is marked bad for this file")
-
+  num_shards, little, producer = _parse_header(records[0][1])
   entries: dict[str, BundleEntry] = {}
   owner_extents: dict[str, list[tuple[tuple[int, int], ...]]] = {}
   slice_records: list[tuple[bytes, tuple[tuple[int, int], ...], bytes, BundleEntry]] = []
@@ -765,14 +545,39 @@ def _parse_index(prefix: str, data: bytes) -> BundleIndex:
 
   slices = _match_slices(entries, owner_extents, slice_records)
   return BundleIndex(prefix=prefix, num_shards=num_shards, little_endian=little,
-                     version=version.producer, entries=entries, slices=slices)
+                     version=producer, entries=entries, slices=slices)
 
 
-def _parse_proto(msg, value: bytes, what: str) -> None:
+def _parse_header(value: bytes) -> tuple[int, bool, int]:
+  """Parses and checks the BundleHeaderProto; returns (num_shards, little endian, producer)."""
+  what = "bundle header"
+  header = _decode(value, what)
+  num_shards = _wire.int32(header, 1, what)
+  if not 1 <= num_shards <= _MAX_SHARDS:
+    raise _Malformed(f"bundle header: bad number of shards {num_shards}")
+  endianness = _wire.int32(header, 2, what)
+  if endianness not in (0, 1):  # LITTLE, BIG
+    raise _Malformed(f"bundle header: unknown endianness value {endianness}")
+  version = _wire.message(header, 3, what)  # VersionDef
+  producer = _wire.int32(version, 1, what)
+  min_consumer = _wire.int32(version, 2, what)
+  if producer < _BUNDLE_MIN_PRODUCER:
+    raise _Malformed(f"bundle header: producer version {producer} is too old")
+  if min_consumer > _BUNDLE_VERSION:
+    raise _Malformed(
+        f"bundle header: needs reader version {min_consumer}, "
+        f"this reader implements version {_BUNDLE_VERSION}")
+  if _BUNDLE_VERSION in _wire.repeated_int32(version, 3, what):
+    raise _Malformed(
+        f"bundle header: reader version {_BUNDLE_VERSION} is marked bad for this file")
+  return num_shards, endianness == 0, producer
+
+
+def _decode(value: bytes, what: str) -> _wire.Fields:
   try:
-    msg.ParseFromString(value)
-  except Exception as e:  # pylint: disable=broad-except  # any failure means undecodable
-    raise _Malformed(f"{what}: cannot decode protocol buffer: {e}") from None
+    return _wire.decode(value, what)
+  except _Malformed as e:
+    raise _Malformed(f"cannot decode protocol buffer: {e}") from None
 
 
 def _parse_entry(name: str, key: bytes, value: bytes, num_shards: int, little: bool):
@@ -783,16 +588,27 @@ def _parse_entry(name: str, key: bytes, value: bytes, num_shards: int, little: b
   length -1 for a full extent), else None.
   """
   what = f"entry {_show(key)}"
-  proto = tensor_bundle_pb2.BundleEntryProto()
-  _parse_proto(proto, value, what)
-  tf_dtype = proto.dtype
-  if tf_dtype not in _KNOWN_DTYPES:
+  try:
+    proto = _decode(value, what)  # BundleEntryProto
+    tf_dtype = _wire.int32(proto, 1, what)
+    shape_proto = _wire.message(proto, 2, what)  # TensorShapeProto
+    unknown_rank = _wire.int64(shape_proto, 3, what) != 0
+    dims = [_wire.int64(dim, 1, what) for dim in _wire.messages(shape_proto, 2, what)]
+    shard_id = _wire.int32(proto, 3, what)
+    offset, size = _wire.int64(proto, 4, what), _wire.int64(proto, 5, what)
+    crc = _wire.fixed32(proto, 6, what)
+    slice_protos = [_wire.messages(s, 1, what) for s in _wire.messages(proto, 7, what)]
+    slice_extents = [[(_wire.int64(e, 1, what), _wire.int64(e, 2, what) if _wire.has(e, 2) else -1)
+                      for e in extents] for extents in slice_protos]
+  except _Malformed as e:
+    raise _Malformed(f"{what}: {e}") from None
+  if tf_dtype not in _dtypes.BY_ENUM:
     raise _Malformed(f"{what}: bad dtype {_dtype_name(tf_dtype)}")
-  if proto.shape.unknown_rank:
+  if unknown_rank:
     raise _Malformed(f"{what}: shape has unknown rank")
-  if len(proto.shape.dim) > _MAX_RANK:
-    raise _Malformed(f"{what}: rank {len(proto.shape.dim)} exceeds {_MAX_RANK}")
-  shape = tuple(d.size for d in proto.shape.dim)
+  if len(dims) > _MAX_RANK:
+    raise _Malformed(f"{what}: rank {len(dims)} exceeds {_MAX_RANK}")
+  shape = tuple(dims)
   num_elements = 1
   for d in shape:
     if d < 0:
@@ -800,30 +616,27 @@ def _parse_entry(name: str, key: bytes, value: bytes, num_shards: int, little: b
     num_elements *= d
     if num_elements > _MAX_INT64:
       raise _Malformed(f"{what}: shape {list(shape)} has too many elements")
-  shard_id, offset, size = proto.shard_id, proto.offset, proto.size
   if not 0 <= shard_id < num_shards:
     raise _Malformed(f"{what}: shard id {shard_id} not in [0, {num_shards})")
   if offset < 0 or size < 0 or offset + size > _MAX_INT64:
     raise _Malformed(f"{what}: bad byte range offset {offset}, size {size}")
   listed = None
-  if proto.slices:
+  itemsize = _dtypes.BY_ENUM[tf_dtype].size
+  if slice_extents:
     listed = []
-    for s in proto.slices:
-      if len(s.extent) != len(shape):
+    for extents in slice_extents:
+      if len(extents) != len(shape):
         raise _Malformed(
-            f"{what}: slice with {len(s.extent)} extents for a rank {len(shape)} tensor")
-      extent = []
-      for e, dim in zip(s.extent, shape):
-        length = e.length if e.HasField("length") else -1
-        if (length == -1 and e.start != 0) or length < -1 or e.start < 0 or (
-                e.start + max(length, 0) > dim):
+            f"{what}: slice with {len(extents)} extents for a rank {len(shape)} tensor")
+      for (start, length), dim in zip(extents, shape):
+        if (length == -1 and start != 0) or length < -1 or start < 0 or (
+                start + max(length, 0) > dim):
           raise _Malformed(
-              f"{what}: slice extent (start {e.start}, length {length}) "
+              f"{what}: slice extent (start {start}, length {length}) "
               f"does not fit dimension {dim}")
-        extent.append((e.start, length))
-      listed.append(tuple(extent))
-  elif tf_dtype in _ITEMSIZE:
-    expected = _ITEMSIZE[tf_dtype] * num_elements
+      listed.append(tuple(extents))
+  elif itemsize:
+    expected = itemsize * num_elements
     if size != expected:
       raise _Malformed(
           f"{what}: size {size} does not match {_dtype_name(tf_dtype)} shape "
@@ -835,7 +648,7 @@ def _parse_entry(name: str, key: bytes, value: bytes, num_shards: int, little: b
         f"{_dtype_name(tf_dtype)} elements")
   entry = BundleEntry(name=name, dtype=_numpy_dtype(tf_dtype, little),
                       tf_dtype=tf_dtype, shape=shape, shard_id=shard_id, offset=offset,
-                      size=size, crc32c=proto.crc32c, sliced=listed is not None)
+                      size=size, crc32c=crc, sliced=listed is not None)
   return entry, listed
 
 
@@ -947,6 +760,56 @@ def read_tensor_bytes(index: BundleIndex, entry: BundleEntry, *,
   return data
 
 
+# Bytes read per step when a tensor is read into memory: bounds the extra memory of a read.
+_READ_CHUNK = 4 << 20
+
+
+def read_tensor_into(index: BundleIndex, entry: BundleEntry, out: np.ndarray) -> None:
+  """Reads the stored bytes of a fixed-size ``entry`` into ``out`` and checks their checksum.
+
+  ``out`` is a contiguous uint8 array of exactly ``entry.size`` bytes. The bytes are read in
+  pieces of a few MiB, each checksummed as it arrives, so a read needs little memory besides
+  ``out``. Raises BundleError for a short file or a checksum mismatch.
+  """
+  if entry.sliced or entry.dtype is None or out.nbytes != entry.size:
+    raise ValueError(f"tensor {_show(entry.name)} cannot be read as {entry.size} fixed bytes")
+  path = index.data_path(entry.shard_id)
+  crc = 0
+  with _open_regular(path, "data file is missing") as f:
+    for start in range(0, entry.size, _READ_CHUNK):
+      count = min(_READ_CHUNK, entry.size - start)
+      try:
+        f.seek(entry.offset + start)
+        data = f.read(count)
+      except OSError as e:
+        raise BundleError(f"{path}: cannot read: {e}") from e
+      if len(data) != count:
+        raise BundleError(
+            f"{path}: tensor {_show(entry.name)} needs bytes [{entry.offset}, "
+            f"{entry.offset + entry.size}) but the file ends at {entry.offset + start + len(data)}")
+      crc = crc32c(data, crc)
+      out[start:start + count] = np.frombuffer(data, np.uint8)
+  if mask_crc32c(crc) != entry.crc32c:
+    raise BundleError(
+        f"{path}: tensor {_show(entry.name)} at offset {entry.offset}: checksum mismatch "
+        f"(stored masked crc32c 0x{entry.crc32c:08x}, computed 0x{mask_crc32c(crc):08x})")
+
+
+def decode_strings(entry: BundleEntry, data: bytes) -> list[bytes]:
+  """The elements of a DT_STRING tensor from its stored bytes (checked by tensor_crc32c)."""
+  lengths = []
+  pos = 0
+  for _ in range(entry.num_elements):
+    length, pos = _varint64(data, pos, len(data), "string lengths")
+    lengths.append(length)
+  pos += 4  # the checksum of the lengths
+  out = []
+  for length in lengths:
+    out.append(data[pos:pos + length])
+    pos += length
+  return out
+
+
 def tensor_crc32c(entry: BundleEntry, data: bytes, *, path: str = "") -> int:
   """The checksum TensorFlow stores in ``entry.crc32c`` for the tensor bytes ``data``.
 
@@ -955,14 +818,14 @@ def tensor_crc32c(entry: BundleEntry, data: bytes, *, path: str = "") -> int:
   lengths as fixed-width integers instead of the stored varints); their
   stored layout is validated on the way (BundleError if malformed).
   """
-  if entry.tf_dtype in _ITEMSIZE:
+  if _dtypes.BY_ENUM[entry.tf_dtype].size:
     return masked_crc32c(data)
   what = f"{path + ': ' if path else ''}tensor {_show(entry.name)}"
   n = entry.num_elements
   end = len(data)
   pos = 0
   try:
-    if entry.tf_dtype == _DT.DT_STRING:
+    if entry.tf_dtype == _STRING:
       # [varint64 len]*n [4-byte masked crc of the lengths] [string bytes]
       packed = bytearray()
       total = 0
@@ -973,12 +836,12 @@ def tensor_crc32c(entry: BundleEntry, data: bytes, *, path: str = "") -> int:
       if pos + 4 + total != end:
         raise _Malformed(
             f"string lengths add up to {pos + 4 + total} bytes, the tensor has {end}")
-      crc = _crc32c(packed)
+      crc = crc32c(packed)
       (stored,) = struct.unpack_from("<I", data, pos)
       if stored != mask_crc32c(crc):
         raise _Malformed("checksum of the string lengths does not match")
-      return mask_crc32c(_crc32c(memoryview(data)[pos:], crc))
-    if entry.tf_dtype == _DT.DT_VARIANT:
+      return mask_crc32c(crc32c(memoryview(data)[pos:], crc))
+    if entry.tf_dtype == _VARIANT:
       # ([varint64 len] [serialized VariantTensorData] [4-byte checksum])*n
       crc = 0
       for _ in range(n):
@@ -986,8 +849,8 @@ def tensor_crc32c(entry: BundleEntry, data: bytes, *, path: str = "") -> int:
         if pos + length + 4 > end:
           raise _Malformed(
               f"variant element of {length} bytes at offset {pos} runs past the end")
-        crc = _crc32c(struct.pack("<Q", length), crc)
-        crc = _crc32c(memoryview(data)[pos:pos + length + 4], crc)
+        crc = crc32c(struct.pack("<Q", length), crc)
+        crc = crc32c(memoryview(data)[pos:pos + length + 4], crc)
         pos += length + 4
       if pos != end:
         raise _Malformed(f"{end - pos} trailing bytes after the variant elements")

@@ -1,21 +1,22 @@
-"""Resolving a checkpoint source, listing its variables and reading its tensors.
+"""Resolving a checkpoint source: which files a path means, and what a variable is.
 
 A source is a checkpoint prefix (`dir/model.ckpt-123`), a directory (its `checkpoint` state file
 if it has one, else the newest complete `*.index` by step), a SavedModel directory
-(`variables/variables`) or a `.npz` file of name -> array.
+(`variables/variables`) or a `.npz` file of name -> array. Reading the files resolved here is the
+job of `warmstart.sources` (one reader per kind). Nothing here imports TensorFlow.
 """
 import dataclasses
 import glob
 import logging
+import math
 import os
 import re
 from typing import Any, Optional, Union
 
 import numpy as np
-import tensorflow as tf
 
-from warmstart import _bundle, _kinds
-from warmstart._errors import CheckpointNotFoundError, CheckpointReadError, WarmStartError
+from warmstart import _dtypes, _kinds
+from warmstart._errors import CheckpointNotFoundError, WarmStartError
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,16 @@ NPZ = "npz"
 _STEP_SUFFIX = re.compile(r"-(\d+)$")
 _SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 _FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
-# TF's object-graph bookkeeping entry: not a variable.
-_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# The `checkpoint` state file is a CheckpointState protocol buffer in text format: one
+# `field: value` per line, strings in double quotes with C escapes.
+_STATE_FIELD = re.compile(r'(?:\s|#[^\n]*)*(\w+)\s*:\s*("(?:[^"\\\n]|\\.)*"|[^\s"#]+)')
+_STATE_END = re.compile(r"(?:\s|#[^\n]*)*")
+_ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
+_SIMPLE_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", '"': b'"', "'": b"'", "\\": b"\\",
+                   "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v", "?": b"?"}
+_STATE_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths",
+                 "all_model_checkpoint_timestamps", "last_preserved_timestamp")
+_MAX_STATE_FILE = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +76,22 @@ class VariableInfo:
   kind: str
 
   @classmethod
-  def make(cls, name, shape, dtype):
-    """Builds a VariableInfo, deriving nbytes and kind."""
-    dtype = tf.as_dtype(dtype)
+  def make(cls, name: str, shape, dtype: Any) -> "VariableInfo":
+    """Builds a VariableInfo, deriving nbytes and kind.
+
+    Args:
+      name: the variable name.
+      shape: a sequence of ints (a tf.TensorShape that is fully defined works too).
+      dtype: TensorFlow's dtype name ('float32', 'bfloat16', 'string'), a numpy dtype or type,
+        or a tf.DType; TensorFlow is not needed for any of them.
+
+    Raises:
+      WarmStartError: a dtype TensorFlow does not know.
+    """
+    dtype_name = _dtypes.canonical_name(dtype)
     shape = tuple(int(d) for d in shape)
-    itemsize = 0 if dtype == tf.string else dtype.size
-    return cls(name, shape, dtype.name, int(np.prod(shape, dtype=np.int64)) * itemsize,
-               _kinds.kind_of(name, dtype.name))
+    return cls(name, shape, dtype_name, math.prod(shape) * _dtypes.BY_NAME[dtype_name].size,
+               _kinds.kind_of(name, dtype_name))
 
 
 def _step_of(prefix):
@@ -112,13 +130,12 @@ def _state_file_prefix(directory, complete):
   if not os.path.isfile(state_path):
     return None
   try:
-    state = tf.train.get_checkpoint_state(directory)
-  except Exception as err:  # A garbled state file: fall back to the directory listing.
+    named = _model_checkpoint_path(state_path)
+  except (OSError, ValueError) as err:  # A garbled state file: fall back to the directory listing.
     logger.warning("ignoring unreadable checkpoint state file %s: %s", state_path, err)
     return None
-  if state is None or not state.model_checkpoint_path:
+  if not named:
     return None
-  named = state.model_checkpoint_path
   # The state file may hold absolute paths from where the directory used to be: the file
   # of that name inside the directory given is the one meant.
   inside = os.path.join(directory, os.path.basename(named))
@@ -127,6 +144,62 @@ def _state_file_prefix(directory, complete):
   logger.warning("checkpoint state file %s names %s, which is not a complete checkpoint in %s;"
                  " using the newest complete one instead", state_path, named, directory)
   return None
+
+
+def _model_checkpoint_path(state_path) -> Optional[str]:
+  """The `model_checkpoint_path` of a `checkpoint` state file, as TF's get_checkpoint_state reads it.
+
+  Like protobuf's `text_format.Merge`, a field given twice keeps its last value and an unknown
+  field is an error.
+
+  Raises:
+    ValueError: the file is not a CheckpointState in text format.
+  """
+  with open(state_path, "rb") as f:
+    data = f.read(_MAX_STATE_FILE + 1)
+  if len(data) > _MAX_STATE_FILE:
+    raise ValueError("larger than %d bytes" % _MAX_STATE_FILE)
+  text = data.decode("utf-8")
+  found = []
+  pos = 0
+  while True:
+    match = _STATE_FIELD.match(text, pos)
+    if match is None:
+      break
+    if match.group(1) not in _STATE_FIELDS:
+      raise ValueError("unknown field %r" % match.group(1))
+    if match.group(1) == "model_checkpoint_path":
+      if not match.group(2).startswith('"'):
+        raise ValueError("model_checkpoint_path is not a quoted string")
+      found.append(_unescape(match.group(2)[1:-1]))
+    pos = match.end()
+  if not _STATE_END.fullmatch(text, pos):
+    raise ValueError("cannot parse %r" % text[pos:pos + 40])
+  return found[-1] if found else None
+
+
+def _unescape(text: str) -> str:
+  """Undoes protobuf's text-format C escaping of a string (octal, hex and simple escapes).
+
+  Raises:
+    ValueError: an octal escape beyond a byte, or bytes that are not UTF-8.
+  """
+  out = bytearray()
+  pos = 0
+  for match in _ESCAPE.finditer(text):
+    out += text[pos:match.start()].encode("utf-8")
+    octal, hexadecimal, simple = match.groups()
+    if octal is not None:
+      if int(octal, 8) > 0xFF:
+        raise ValueError("bad escape \\%s" % octal)
+      out.append(int(octal, 8))
+    elif hexadecimal is not None:
+      out.append(int(hexadecimal, 16))
+    else:  # protobuf keeps an unknown escape as it is
+      out += _SIMPLE_ESCAPES.get(simple, match.group(0).encode("utf-8"))
+    pos = match.end()
+  out += text[pos:].encode("utf-8")
+  return out.decode("utf-8")
 
 
 def _check_step(step):
@@ -229,94 +302,3 @@ def _resolve_directory(directory, step):
       hint = " %s/ holds checkpoints: pass %s" % (sub, os.path.join(directory, sub))
   raise CheckpointNotFoundError("no checkpoint in directory %s: looked for %s%s.%s" % (
       directory, ", ".join(looked), "".join("; found " + n for n in notes), hint))
-
-
-class Reader:
-  """Reads the variables of a resolved checkpoint, one tensor at a time."""
-
-  def __init__(self, ref: CheckpointRef):
-    self.ref = ref
-    self._npz = None
-    self._tf: Any = None  # TF's CheckpointReader
-    self.index = None  # the parsed .index of a TF checkpoint (a _bundle.BundleIndex)
-    try:
-      if ref.kind == NPZ:
-        self._npz = np.load(ref.prefix, allow_pickle=False)
-        self._infos = {name: VariableInfo.make(name, *_npz_header(self._npz, name))
-                       for name in self._npz.files}
-      else:
-        # TF's C++ reader can abort the process on a crafted index: validate it first.
-        self.index = _bundle.read_index(ref.prefix)
-        _bundle.check_data_files(self.index)
-        self._tf = tf.train.load_checkpoint(ref.prefix)
-        shapes = self._tf.get_variable_to_shape_map()
-        dtypes = self._tf.get_variable_to_dtype_map()
-        self._infos = {name: VariableInfo.make(name, shapes[name], dtypes[name])
-                       for name in sorted(shapes) if name != _OBJECT_GRAPH}
-    except WarmStartError:
-      raise
-    except Exception as err:
-      raise CheckpointReadError("cannot read checkpoint %s: %s" % (ref.prefix, _first_line(err))) from err
-
-  @property
-  def variables(self) -> dict[str, VariableInfo]:
-    """name -> VariableInfo, sorted by name."""
-    return self._infos
-
-  def read(self, name) -> np.ndarray:
-    """Returns one tensor's value; raises CheckpointReadError if the data is corrupt."""
-    try:
-      if self._npz is not None:
-        return self._npz[name]
-      return self._tf.get_tensor(name)
-    except Exception as err:
-      raise CheckpointReadError("cannot read tensor %r of checkpoint %s: %s"
-                                % (name, self.ref.prefix, _first_line(err))) from err
-
-  def close(self):
-    if self._npz is not None:
-      self._npz.close()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-
-
-def _npz_header(npz, name):
-  """(shape, dtype) of one .npz member, read from its header without loading the data."""
-  with npz.zip.open(name + ".npy") as member:
-    version = np.lib.format.read_magic(member)
-    # numpy's one header reader for every format version (1.0, 2.0 and 3.0) is private.
-    shape, _, dtype = np.lib.format._read_array_header(member, version)  # type: ignore[attr-defined]
-  if dtype.hasobject:
-    raise CheckpointReadError("%s: array %r holds Python objects; only numeric and string arrays "
-                              "are read (never unpickled)" % (npz.zip.filename, name))
-  return shape, dtype
-
-
-def _first_line(err):
-  text = str(err).strip().splitlines()
-  return text[0] if text else type(err).__name__
-
-
-def list_variables(source: Source, step: Optional[int] = None) -> list[VariableInfo]:
-  """Lists the variables of a checkpoint, sorted by name.
-
-  Args:
-    source: anything `resolve_checkpoint` accepts.
-    step: as for `resolve_checkpoint`.
-
-  Returns:
-    A list of VariableInfo (name, shape, dtype, nbytes, kind).
-
-  Raises:
-    CheckpointNotFoundError, CheckpointReadError.
-
-  Example:
-    >>> [v.name for v in warmstart.list_variables("model") if v.kind == "weight"]
-    ['mnist/hidden/bias', 'mnist/hidden/kernel', 'mnist/logits/bias', 'mnist/logits/kernel']
-  """
-  with Reader(resolve_checkpoint(source, step)) as reader:
-    return list(reader.variables.values())

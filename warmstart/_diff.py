@@ -4,18 +4,16 @@ TF checkpoints are compared by the raw bytes of their data files, read in bounde
 bytes mean identical tensors, and only the chunks that differ are decoded (`np.frombuffer`) to
 compute statistics. So a diff costs little more than reading both checkpoints, and memory stays
 bounded by a few chunks whatever the size of the tensors. The data of a tensor that differs is
-checked against the checksum in the index (a flipped byte is a corrupt checkpoint, not a change):
-with `google-crc32c` installed by streaming it, else through TensorFlow's reader. `.npz` files,
-strings, sliced (partitioned) tensors and dtypes numpy cannot decode are read through
-TensorFlow's reader (which checks checksums itself), one tensor pair at a time. With atol = rtol
-= 0 (the default) "identical" means bit for bit.
+checked against the checksum in the index (a flipped byte is a corrupt checkpoint, not a change).
+Other formats, strings and sliced (partitioned) tensors are read whole through the source's
+reader (`warmstart.sources`, which checks checksums itself), one tensor pair at a time. Nothing
+here imports TensorFlow. With atol = rtol = 0 (the default) "identical" means bit for bit.
 """
 import collections
 import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -24,19 +22,12 @@ import os
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from warmstart import _bundle, _checkpoint, _rename, _select
-from warmstart._checkpoint import VariableInfo
+from warmstart import _bundle, _checkpoint, _rename, _select, sources
 from warmstart._errors import CheckpointReadError, PatternError, WarmStartError
-
-try:  # Hardware CRC32C (GB/s): checks the data of differing tensors at little cost.
-  import google_crc32c  # pylint: disable=g-import-not-at-top
-  _crc32c_extend = google_crc32c.extend if google_crc32c.implementation == "c" else None
-except ImportError:
-  _crc32c_extend = None
 
 logger = logging.getLogger(__name__)
 
@@ -303,50 +294,21 @@ def _compare_arrays(a: np.ndarray, b: np.ndarray, atol, rtol) -> dict:
 # One side of a diff
 
 
-class _Tensor(NamedTuple):
-  """What a diff needs to know of a tensor before reading it."""
-  shape: tuple[int, ...]
-  dtype: str  # as VariableInfo.dtype: 'float32', 'string', ...
-
-
-@functools.cache
-def _dtype_name(tf_dtype: int) -> str:
-  return VariableInfo.make("", (), tf_dtype).dtype
-
-
 class _Side:
-  """One checkpoint of a diff: its variables, raw byte locations and a fallback reader.
+  """One checkpoint of a diff: its reader, and the raw byte locations of a TF bundle's tensors.
 
-  TF checkpoints are listed from their `.index` (parsed in Python, so a corrupt file is an error
-  rather than a crash); TensorFlow's reader is opened only when a tensor needs it. Safe to use
-  from several threads.
+  Safe to use from several threads.
   """
 
   def __init__(self, ref: _checkpoint.CheckpointRef):
     self.ref = ref
-    self._reader = None
-    self._index: Optional[_bundle.BundleIndex] = None
     self._fds: dict[int, int] = {}
-    self._lock = threading.Lock()  # guards TF's reader (not thread-safe)
-    if ref.kind == _checkpoint.NPZ:
-      self._reader = _checkpoint.Reader(ref)
-      self.variables = {name: _Tensor(info.shape, info.dtype)
-                        for name, info in self._reader.variables.items()}
+    self._lock = threading.Lock()  # guards the reader (an .npz's zip file is not thread-safe)
+    self._reader = sources.open_reader(ref)
+    self.variables = self._reader.variables
+    self._index: Optional[_bundle.BundleIndex] = getattr(self._reader, "index", None)
+    if self._index is None:
       return
-    try:
-      self._index = _bundle.read_index(ref.prefix)
-      _bundle.check_data_files(self._index)
-    except _bundle.BundleError as err:
-      raise CheckpointReadError("cannot read checkpoint %s: %s" % (ref.prefix, err)) from None
-    self.variables = {}
-    for name, entry in self._index.entries.items():
-      if name == _checkpoint._OBJECT_GRAPH:  # pylint: disable=protected-access
-        continue
-      try:
-        self.variables[name] = _Tensor(entry.shape, _dtype_name(entry.tf_dtype))
-      except (TypeError, ValueError) as err:
-        raise CheckpointReadError("cannot read checkpoint %s: tensor %r has an unknown dtype "
-                                  "(%s)" % (ref.prefix, name, err)) from None
     shards = sorted({e.shard_id for e in self._index.stored_entries()})
     try:
       for shard_id in shards:
@@ -365,9 +327,9 @@ class _Side:
 
   def raw(self, name):
     """The bundle entry of `name` if its bytes can be compared and decoded directly, else None."""
-    if self._index is None:
+    if self._index is None or name in self._reader.notes:
       return None
-    entry = self._index.entries[name]
+    entry = self._index.entries[self._reader.key_of(name)]
     if entry.sliced or entry.dtype is None:
       return None
     return entry
@@ -392,9 +354,6 @@ class _Side:
 
   def verify(self, entry):
     """Checks the entry's bytes against its checksum; CheckpointReadError if they do not match."""
-    if _crc32c_extend is None:
-      self.read(entry.name)  # TensorFlow's reader checks the checksum (DataLoss otherwise)
-      return
     crc = 0
     assert self._index is not None  # raw entries come from the index
     path = self._index.data_path(entry.shard_id)
@@ -408,7 +367,7 @@ class _Side:
       if len(data) != count:  # a regular file shrinking under us
         raise CheckpointReadError("cannot read tensor %r of checkpoint %s: %s ends early" % (
             entry.name, self.ref.prefix, path))
-      crc = _crc32c_extend(crc, data)
+      crc = _bundle.crc32c(data, crc)
     masked = _bundle.mask_crc32c(crc)
     if masked != entry.crc32c:
       raise CheckpointReadError(
@@ -417,19 +376,16 @@ class _Side:
               entry.name, self.ref.prefix, path, entry.crc32c, masked))
 
   def read(self, name) -> np.ndarray:
-    """The decoded tensor, through TensorFlow's reader (or the .npz)."""
+    """The decoded tensor, through the source's reader."""
     with self._lock:
-      if self._reader is None:
-        self._reader = _checkpoint.Reader(self.ref)
-      return np.asarray(self._reader.read(name))
+      return self._reader.read(name)
 
   def close(self):
     for fd in self._fds.values():
       os.close(fd)
     self._fds.clear()
     with self._lock:
-      if self._reader is not None:
-        self._reader.close()
+      self._reader.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -549,14 +505,8 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
     pending.parts.append(pool.submit(_chunk_stats, buffers, pair, dtype,
                                      count // dtype.itemsize, atol, rtol))
   if pending.parts:
-    if _crc32c_extend is None:
-      # TensorFlow's reader holds the GIL and its memory lingers in each thread's malloc
-      # arena: checking in this thread is as fast and keeps memory down.
-      side_a.verify(entry_a)
-      side_b.verify(entry_b)
-    else:
-      pending.parts.append(pool.submit(side_a.verify, entry_a))
-      pending.parts.append(pool.submit(side_b.verify, entry_b))
+    pending.parts.append(pool.submit(side_a.verify, entry_a))
+    pending.parts.append(pool.submit(side_b.verify, entry_b))
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The tf.estimator entry points: `settings`, `estimator_from` and `plan`."""
+"""The tf.estimator entry points: `settings`, `estimator_from`, and `plan` against a model_fn."""
 import errno
 import json
 import logging
@@ -292,40 +292,10 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
   return tf.estimator.Estimator(wrapped, model_dir=model_dir, config=config, params=params)
 
 
-def plan(source: Source, target: Union[Source, ModelFnOrEstimator], *, include: Patterns = ".*",
-         exclude: Patterns = None, rename: Rules = None,
-         vocab: Optional[Mapping[str, Any]] = None, freeze: FreezeSpec = False,
-         on_shape_mismatch: ShapePolicies = "error", optimizer_state: str = "reset",
-         step: Optional[int] = None, params: Optional[dict] = None,
-         config: Optional[tf.estimator.RunConfig] = None,
-         input_fn: Optional[Callable[[], Any]] = None, check_finite: bool = False) -> Plan:
-  """Plans a warm start without training anything (a dry run).
-
-  Args:
-    source: the checkpoint to warm-start from.
-    target: the model to warm-start: a checkpoint of it (prefix, directory, ...), or a model_fn
-      or Estimator, whose training graph is built in a scratch graph (nothing is run) from
-      `input_fn`'s features and labels.
-    include, exclude, rename, vocab, freeze, on_shape_mismatch, optimizer_state, step, params,
-      config: as for `estimator_from`.
-    input_fn: with a model_fn or Estimator target, the input_fn whose output it takes.
-    check_finite: also refuse tensors to be loaded that hold NaN or Inf.
-
-  Returns:
-    A Plan: `.assignments` and `.report` (str() for people, .to_json() for machines).
-
-  Raises:
-    PlanError: every problem of the plan at once; `.report` holds the report so far.
-    FreezeError: a model_fn target whose train_op updates a frozen variable.
-
-  Example:
-    >>> print(warmstart.plan("model", "model_ext", include="mnist/hidden/.*").report)
-  """
-  planner = Planner(source, include=include, exclude=exclude, rename=rename, vocab=vocab,
-                    freeze=freeze, on_shape_mismatch=on_shape_mismatch,
-                    optimizer_state=optimizer_state, step=step, check_finite=check_finite)
-  if isinstance(target, (str, os.PathLike, _checkpoint.CheckpointRef)):
-    return planner.plan(_checkpoint.list_variables(target))
+def plan_model(planner: Planner, target: ModelFnOrEstimator, *, params: Optional[dict],
+               config: Optional[tf.estimator.RunConfig],
+               input_fn: Optional[Callable[[], Any]]) -> Plan:
+  """`warmstart.plan` against a model_fn or Estimator: builds its training graph, then plans."""
   if input_fn is None:
     raise WarmStartError("plan() needs input_fn to build the graph of a model_fn or Estimator "
                          "target (or pass a checkpoint of the target model instead)")

@@ -27,7 +27,7 @@ _BATCHNORM = re.compile(
     r"(^|.*/)(moving_mean|moving_variance|renorm_mean|renorm_stddev|renorm_stddev_weight"
     r"|renorm_mean_weight)(/\.ATTRIBUTES/VARIABLE_VALUE)?")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64", "half", "float", "double",
-                 "complex64", "complex128")
+                 "complex64", "complex128", "float8_e5m2", "float8_e4m3fn")
 
 
 def kind_of(name, dtype=None):

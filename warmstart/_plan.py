@@ -8,15 +8,20 @@ which also checks that every pattern, rule and mapping the user gave was used.
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
-import tensorflow as tf
 
-from warmstart import _checkpoint, _kinds, _rename, _select
-from warmstart._checkpoint import CheckpointRef, VariableInfo
+from warmstart import _checkpoint, _kinds, _rename, _select, sources
+from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
+from warmstart._rename import Rules
+from warmstart._select import Patterns
+
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +224,7 @@ class Planner:
       self.freeze_patterns = _select.compile_patterns(freeze, "freeze")
       self.freeze_loaded = False
     self.source = _checkpoint.resolve_checkpoint(source, step)
-    with _checkpoint.Reader(self.source) as reader:
+    with sources.open_reader(self.source) as reader:
       self.source_variables = reader.variables
     if self.vocab and self.source.kind == _checkpoint.NPZ:
       raise WarmStartError("vocab remapping needs a TF checkpoint; %s is a .npz file"
@@ -347,11 +352,12 @@ class Planner:
   def _verify(self, assignments):
     """Reads every tensor to be loaded once, now.
 
-    TF checks each tensor's crc32c as it reads it, so a corrupt source fails here with our error
-    instead of later inside the training session; `check_finite` also looks for NaN and Inf.
+    Each tensor's bytes are checked against their checksum as they are read, so a corrupt
+    source fails here with our error instead of later inside the training session;
+    `check_finite` also looks for NaN and Inf.
     """
     non_finite = []
-    with _checkpoint.Reader(self.source) as reader:
+    with sources.open_reader(self.source) as reader:
       for name in sorted({a.checkpoint_name for a in assignments}):
         value = reader.read(name)
         if self.check_finite and value.dtype.kind in "fc":
@@ -366,8 +372,9 @@ class Planner:
 
 
 def _check_vocab(vocab) -> dict[str, object]:
-  if vocab is None:
+  if vocab is None or (isinstance(vocab, Mapping) and not vocab):
     return {}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only vocab remapping needs it)
   if not isinstance(vocab, Mapping) or not all(
       isinstance(k, str) and isinstance(v, tf.estimator.VocabInfo) for k, v in vocab.items()):
     raise WarmStartError("vocab must be a dict {model_variable_name: tf.estimator.VocabInfo}; "
@@ -389,3 +396,44 @@ def _compile_shape_policies(on_shape_mismatch):
     return [(_select.compile_pattern(p, "on_shape_mismatch"), check(policy))
             for p, policy in on_shape_mismatch.items()]
   return [(None, check(on_shape_mismatch))]
+
+
+def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*",
+         exclude: Patterns = None, rename: Rules = None,
+         vocab: Optional[Mapping[str, Any]] = None, freeze: FreezeSpec = False,
+         on_shape_mismatch: ShapePolicies = "error", optimizer_state: str = "reset",
+         step: Optional[int] = None, params: Optional[dict] = None,
+         config: Optional["tf.estimator.RunConfig"] = None,
+         input_fn: Optional[Callable[[], Any]] = None, check_finite: bool = False) -> Plan:
+  """Plans a warm start without training anything (a dry run).
+
+  Against a checkpoint of the target model this needs no TensorFlow; against a model_fn or
+  Estimator, TensorFlow builds its training graph.
+
+  Args:
+    source: the checkpoint to warm-start from.
+    target: the model to warm-start: a checkpoint of it (prefix, directory, ...), or a model_fn
+      or Estimator, whose training graph is built in a scratch graph (nothing is run) from
+      `input_fn`'s features and labels.
+    include, exclude, rename, vocab, freeze, on_shape_mismatch, optimizer_state, step, params,
+      config: as for `estimator_from`.
+    input_fn: with a model_fn or Estimator target, the input_fn whose output it takes.
+    check_finite: also refuse tensors to be loaded that hold NaN or Inf.
+
+  Returns:
+    A Plan: `.assignments` and `.report` (str() for people, .to_json() for machines).
+
+  Raises:
+    PlanError: every problem of the plan at once; `.report` holds the report so far.
+    FreezeError: a model_fn target whose train_op updates a frozen variable.
+
+  Example:
+    >>> print(warmstart.plan("model", "model_ext", include="mnist/hidden/.*").report)
+  """
+  planner = Planner(source, include=include, exclude=exclude, rename=rename, vocab=vocab,
+                    freeze=freeze, on_shape_mismatch=on_shape_mismatch,
+                    optimizer_state=optimizer_state, step=step, check_finite=check_finite)
+  if isinstance(target, (str, os.PathLike, CheckpointRef)):
+    return planner.plan(sources.list_variables(target))
+  from warmstart import _estimator  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  return _estimator.plan_model(planner, target, params=params, config=config, input_fn=input_fn)

@@ -36,7 +36,7 @@ import time
 from absl import app, flags
 
 import warmstart
-from warmstart import _checkpoint, _select
+from warmstart import _select, sources
 
 _INCLUDE = flags.DEFINE_multi_string(
     "include", None, "Regex (fully matched) of tensor / variable names to take; repeatable.")
@@ -269,8 +269,8 @@ def _read_values(report, names):
   """[(name, [(label, prefix, name_in_that_checkpoint, array or None)])] for --values."""
   b_names = {t.name: t.name_b for t in report.tensors if t.name_b is not None}
   out = []
-  with _checkpoint.Reader(warmstart.resolve_checkpoint(report.a)) as reader_a, \
-       _checkpoint.Reader(warmstart.resolve_checkpoint(report.b)) as reader_b:
+  with sources.open_reader(warmstart.resolve_checkpoint(report.a)) as reader_a, \
+       sources.open_reader(warmstart.resolve_checkpoint(report.b)) as reader_b:
     for name in names:
       name_b = b_names.get(name, name)
       if name not in reader_a.variables and name_b not in reader_b.variables:
@@ -364,7 +364,14 @@ def main(argv):
 
 
 def run():
-  """The console-script entry point (`warmstart`)."""
+  """The entry point of the `warmstart` console script and of `python -m warmstart`.
+
+  Importing `warmstart` does not import TensorFlow, and no command the CLI runs needs it; should
+  TensorFlow be imported all the same, its C++ start-up messages (CUDA, TensorRT) would bury the
+  CLI's output and its one-line errors on stderr, so their level is set first (a level the user
+  set is kept).
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   main_module = sys.modules.get("__main__")
   if main_module is not None and not getattr(main_module, "__doc__", None):
     main_module.__doc__ = __doc__  # absl's --helpfull prints the main module's docstring

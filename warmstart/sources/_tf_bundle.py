@@ -1,0 +1,84 @@
+"""TensorFlow checkpoints and SavedModel variables (tensor bundles), read without TensorFlow.
+
+Values equal `tf.train.load_checkpoint(prefix).get_tensor(name)` bit for bit, as arrays: the same
+numpy dtypes (ml_dtypes' for bfloat16 and friends, storage integers for quantized types, object
+arrays of bytes for strings), partitioned variables assembled from their slices. Every tensor's
+bytes are checked against the checksum in the index as they are read.
+"""
+import sys
+
+import numpy as np
+
+from warmstart import _bundle, _dtypes
+from warmstart._checkpoint import CheckpointRef, VariableInfo
+from warmstart._errors import CheckpointReadError
+from warmstart.sources._base import Reader
+
+# TF's object-graph bookkeeping entry of object-based checkpoints: not a variable.
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+class BundleReader(Reader):
+  """Reads a TF checkpoint prefix or a SavedModel's `variables/variables`.
+
+  Attributes:
+    index: the parsed and validated `.index` (a `_bundle.BundleIndex`).
+  """
+
+  def __init__(self, ref: CheckpointRef):
+    super().__init__(ref)
+    try:
+      self.index = _bundle.read_index(ref.prefix)
+      _bundle.check_data_files(self.index)
+    except _bundle.BundleError as err:
+      raise CheckpointReadError("cannot read checkpoint %s: %s" % (ref.prefix, err)) from None
+    self.variables = {name: VariableInfo.make(name, entry.shape, entry.dtype_name)
+                      for name, entry in self.index.entries.items() if name != OBJECT_GRAPH}
+
+  def read(self, name: str) -> np.ndarray:
+    info = self.info(name)
+    entry = self.index.entries[self.key_of(name)]
+    try:
+      if entry.sliced:
+        return self._assemble(entry)
+      return self._read_stored(entry)
+    except _bundle.BundleError as err:
+      raise CheckpointReadError("cannot read tensor %r (%s %s) of checkpoint %s: %s" % (
+          name, info.dtype, list(info.shape), self.ref.prefix, err)) from None
+
+  def _read_stored(self, entry: _bundle.BundleEntry) -> np.ndarray:
+    """One stored tensor or slice."""
+    if entry.dtype_name == _dtypes.STRING:
+      data = _bundle.read_tensor_bytes(self.index, entry, verify_crc=True)
+      out = np.empty(entry.shape, dtype=object)
+      out.reshape(-1)[:] = _bundle.decode_strings(entry, data)
+      return out
+    if entry.dtype is None:
+      raise CheckpointReadError(
+          "tensor %r of checkpoint %s has dtype %s, which has no numpy value (TensorFlow's "
+          "reader cannot return it either)" % (entry.name, self.ref.prefix, entry.dtype_name))
+    native = entry.dtype.newbyteorder("=") if entry.dtype.byteorder in "<>" else entry.dtype
+    out = np.empty(entry.shape, dtype=native)
+    _bundle.read_tensor_into(self.index, entry, out.reshape(-1).view(np.uint8))
+    if native.itemsize > 1 and self.index.little_endian != (sys.byteorder == "little"):
+      out.byteswap(inplace=True)
+    return out
+
+  def _assemble(self, entry: _bundle.BundleEntry) -> np.ndarray:
+    """A tensor saved as slices (a partitioned variable), put together whole."""
+    parts = self.index.slices[entry.name]
+    out = None
+    covered = np.zeros(entry.shape, dtype=bool)
+    for part in parts:
+      value = self._read_stored(part)
+      if out is None:
+        out = np.empty(entry.shape, dtype=value.dtype)
+      assert part.extent is not None  # every stored slice has one (see _bundle._match_slices)
+      region = tuple(slice(start, start + length) for start, length in part.extent)
+      if covered[region].any():
+        raise _bundle.BundleError("its slices overlap")
+      covered[region] = True
+      out[region] = value
+    if out is None or not covered.all():
+      raise _bundle.BundleError("its slices do not cover the whole tensor")
+    return out
