@@ -5,7 +5,7 @@ the wheel, installs it (without dependencies: they are the venv's) into a fresh 
 everything from a working directory that does not contain the sources, with that directory first
 on the path. A module, data file or entry point missing from the wheel fails here.
 """
-import importlib.util
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -17,6 +17,13 @@ from conftest import write_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _setuptools_version():
+  try:
+    return tuple(int(p) for p in importlib.metadata.version("setuptools").split(".")[:2])
+  except importlib.metadata.PackageNotFoundError:
+    return (0,)
+
+
 def _run(args, cwd, env):
   return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -24,7 +31,8 @@ def _run(args, cwd, env):
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
   dist = tmp_path / "dist"
   # Build with the venv's setuptools when it has one (no network); pip's isolated build otherwise.
-  isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+  # setuptools < 61 ignores pyproject's [project] table (Python 3.9's venv ships 58).
+  isolation = ["--no-build-isolation"] if _setuptools_version() >= (61,) else []
   built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
                 "--quiet", *isolation, "--wheel-dir", str(dist), ROOT], cwd=str(tmp_path),
                env=os.environ.copy())
