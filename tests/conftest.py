@@ -148,3 +148,14 @@ def base_model(tmp_path_factory):
   directory = tmp_path_factory.mktemp("base")
   register_source(train(directory, {"optimizer": "adam"}, steps=10), keep=True)
   return str(directory)
+
+
+@pytest.fixture(scope="session")
+def bn_model(tmp_path_factory):
+  """A trained base model with a batch-norm layer (mnist/bn); returns its checkpoint prefix."""
+  directory = tmp_path_factory.mktemp("bn_base")
+  prefix = train(directory, {"batch_norm": True, "optimizer": "sgd"}, steps=10)
+  register_source(prefix, keep=True)
+  # Training moved the statistics away from their initializers (0 and 1).
+  assert not np.allclose(read(prefix, "mnist/bn/moving_mean"), 0)
+  return prefix

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import input_fn, mlp_model_fn, read, register_source, same_bits, train, write_checkpoint
+from conftest import input_fn, mlp_model_fn, read, same_bits, train, write_checkpoint
 
 import warmstart
 
@@ -19,16 +19,6 @@ def trained_values(prefix, names):
 
 
 # -- batch norm statistics -------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def bn_model(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("bn_base")
-  prefix = train(directory, {"batch_norm": True, "optimizer": "sgd"}, steps=10)
-  register_source(prefix, keep=True)
-  # Training moved the statistics away from their initializers (0 and 1).
-  assert not np.allclose(read(prefix, "mnist/bn/moving_mean"), 0)
-  return prefix
-
 
 def test_plain_warm_start_settings_leave_batch_norm_statistics(tmp_path, bn_model):
   # The documented TF pitfall: the string form only covers TRAINABLE_VARIABLES.

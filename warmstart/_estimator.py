@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 
 import tensorflow as tf
 
-from warmstart import _apply, _checkpoint, _freeze, _model_fn
+from warmstart import _apply, _checkpoint, _finetune, _freeze, _model_fn
 from warmstart._checkpoint import Source
 from warmstart._errors import WarmStartError
 from warmstart._model_fn import ModelFnOrEstimator
@@ -199,14 +199,23 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
                    on_shape_mismatch: ShapePolicies = "error", optimizer_state: str = "reset",
                    step: Optional[int] = None, params: Optional[dict] = None,
                    config: Optional[tf.estimator.RunConfig] = None,
-                   check_finite: bool = False) -> tf.estimator.Estimator:
-  """Builds an Estimator that warm-starts from a checkpoint once, and optionally freezes.
+                   check_finite: bool = False, freeze_batchnorm_stats: bool = True,
+                   unfreeze_at: _finetune.UnfreezeAt = None,
+                   lr_multipliers: _finetune.LrMultipliers = None) -> tf.estimator.Estimator:
+  """Builds an Estimator that warm-starts from a checkpoint once, and optionally fine-tunes.
 
   On the first training run the planned variables are initialized from `warm_start_from`
   (checkpoint-backed initializers, never constants in the graph), the report is logged once at
   INFO, written to `model_dir/warmstart_report.json` and shown in TensorBoard's Text tab. When
   `model_dir` already holds a checkpoint, training resumes from it, nothing is warm-started
-  again, and the report says so; frozen variables stay frozen.
+  again, and the report says so; frozen variables stay frozen and the schedule goes on from the
+  checkpoint's global step.
+
+  Beyond freezing for the whole run: a frozen batch-norm layer keeps its moving statistics and
+  normalizes with them; `unfreeze_at` trains variables from a global step on (gradual
+  unfreezing); `lr_multipliers` scales their updates (discriminative fine-tuning). Both act on
+  the update of any `tf.compat.v1.train.Optimizer` or `tf.keras.optimizers.legacy` optimizer,
+  not on the gradients, so they mean the same for SGD, momentum and Adam.
 
   Args:
     model_fn_or_estimator: a model_fn, or an Estimator (canned too) whose model_fn is used.
@@ -218,6 +227,24 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
     params: params for the model_fn (default: the estimator's).
     config: a `tf.estimator.RunConfig` (default: the estimator's); its model_dir is replaced.
     check_finite: also refuse tensors to be loaded that hold NaN or Inf.
+    freeze_batchnorm_stats: True (default): a batch-norm layer any of whose variables is frozen
+      (Keras, tf.compat.v1.layers, canned estimators) keeps `moving_mean` / `moving_variance`
+      bit-identical and normalizes with them, as in inference; under `unfreeze_at` until the
+      layer's step. False: the statistics are never frozen and update as the model_fn says.
+    unfreeze_at: {pattern: global step}: the matching variables stay bit-identical until that
+      global step and train from it on (the update made at step N is the first to move them).
+      Their optimizer slots stay at their initial values until then too, so Adam starts from
+      zero moments at step N (its bias correction follows the shared step counter). Overrides
+      `freeze` for the variables it matches, so `freeze=True` plus a schedule loads everything
+      and unfreezes layer by layer. A run resumed after step N trains them.
+    lr_multipliers: {pattern: factor}: the optimizer's update of the matching variables is
+      scaled: they become `before + factor * (after - before)` after every step, which for SGD,
+      momentum, Adam, RMSProp and Adagrad is training them with `learning_rate * factor`. A
+      factor of 0 freezes them (listed as frozen). Combine with `unfreeze_at` for "train the
+      backbone from step N, at a tenth of the rate".
+
+  The first pattern of `unfreeze_at` or `lr_multipliers` that matches a variable decides for
+  it; a pattern that decides no variable the optimizer trains is an error.
 
   Returns:
     A `tf.estimator.Estimator`.
@@ -231,6 +258,10 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
     ...                                warm_start_from="model", include="mnist/hidden/.*",
     ...                                freeze=True)
     >>> est.train(input_fn, max_steps=1000)
+    >>> est = warmstart.estimator_from(model_fn, model_dir="model_ext2",
+    ...                                warm_start_from="model", freeze=True,
+    ...                                unfreeze_at={"mnist/hidden/.*": 500},
+    ...                                lr_multipliers={"mnist/hidden/.*": 0.1})
   """
   if not model_dir:
     raise WarmStartError("model_dir is required: the warm-started model trains there")
@@ -239,6 +270,8 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
   arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab, freeze=freeze,
                    on_shape_mismatch=on_shape_mismatch, optimizer_state=optimizer_state,
                    step=step, check_finite=check_finite)
+  fine_tuning = _finetune.FineTuning(freeze_batchnorm_stats=freeze_batchnorm_stats,
+                                     unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
   try:
     planner = Planner(warm_start_from, **arguments)
     _check_apart(model_dir, planner.source)
@@ -263,15 +296,15 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
           return info.name in frozen_names
       else:
         predicate = None
-      with _freeze.FreezeScope(predicate) as scope:
-        spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
-      _freeze.check_train_op(spec.train_op, scope.frozen)
+      spec, graph = _freeze.build_train_spec(model_fn, features, labels, mode, params, config,
+                                             predicate=predicate, fine_tuning=fine_tuning)
       if planner is None:
-        logger.info("warm start NOT applied: training resumes from %s (frozen: %s)",
-                    resumed_from, ", ".join(scope.frozen) or "none")
+        logger.info("warm start NOT applied: training resumes from %s (%s)", resumed_from,
+                    graph.describe())
         return spec
       variables = _apply.graph_variables()
       plan = planner.plan([info for info, _ in variables.values()], resumed_from=resumed_from)
+      graph.update(plan.report)
       if not resumed_from:
         _apply.apply(plan, variables)
         if config.is_chief:
@@ -294,7 +327,8 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
 
 def plan_model(planner: Planner, target: ModelFnOrEstimator, *, params: Optional[dict],
                config: Optional[tf.estimator.RunConfig],
-               input_fn: Optional[Callable[[], Any]]) -> Plan:
+               input_fn: Optional[Callable[[], Any]],
+               fine_tuning: Optional[_finetune.FineTuning] = None) -> Plan:
   """`warmstart.plan` against a model_fn or Estimator: builds its training graph, then plans."""
   if input_fn is None:
     raise WarmStartError("plan() needs input_fn to build the graph of a model_fn or Estimator "
@@ -310,11 +344,13 @@ def plan_model(planner: Planner, target: ModelFnOrEstimator, *, params: Optional
     elif not callable(target):
       raise WarmStartError("plan() target must be a checkpoint path, a model_fn or an "
                            "Estimator; got %s %r" % (type(target).__name__, target))
-    with _freeze.FreezeScope(planner.is_frozen if planner.freezes else None) as scope:
-      spec = _model_fn.call_model_fn(model_fn, features, labels, tf.estimator.ModeKeys.TRAIN,
-                                     params or {}, config or tf.estimator.RunConfig())
-    _freeze.check_train_op(spec.train_op, scope.frozen)
-    return planner.plan([info for info, _ in _apply.graph_variables().values()])
+    _, graph = _freeze.build_train_spec(
+        model_fn, features, labels, tf.estimator.ModeKeys.TRAIN, params or {},
+        config or tf.estimator.RunConfig(),
+        predicate=planner.is_frozen if planner.freezes else None, fine_tuning=fine_tuning)
+    result = planner.plan([info for info, _ in _apply.graph_variables().values()])
+    graph.update(result.report)
+    return result
 
 
 def _input(input_fn):

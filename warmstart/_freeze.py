@@ -6,34 +6,38 @@ the model_fn, so freezing acts while the model_fn creates its variables:
   `tf.compat.v1` optimizers and layers read);
 - Keras layers decide trainability inside `Layer.add_weight` from their own argument, so while the
   model_fn runs, `add_weight` is wrapped to move a frozen variable to the layer's non-trainable
-  weights (what canned estimators and `model.trainable_variables` read).
+  weights (what canned estimators and `model.trainable_variables` read);
+- a Keras batch-norm layer (`tf.keras.layers.BatchNormalization`, `tf.compat.v1.layers` and
+  canned estimators use it) any of whose variables is frozen runs in inference mode: it
+  normalizes with its moving statistics, which are frozen too, and builds no update ops. Under an
+  `unfreeze_at` schedule it does so until the step (its `training` argument is gated).
 Afterwards `check_train_op` walks the train_op: if any op in it still writes a frozen variable
-(an explicit `var_list`, a batch-norm moving-average update, ...), that is an error naming both.
+(an explicit `var_list`, a hand-written update, ...), that is an error naming both.
+`_finetune` gates and scales the optimizer's updates for `unfreeze_at` and `lr_multipliers`;
+`build_train_spec` runs a model_fn with both.
 """
 import collections
 import contextlib
 import logging
-import re
-import threading
 from typing import Any, Callable, Optional, TypeVar
 
 import tensorflow as tf
 
-from warmstart import _apply, _model_fn, _select
+from warmstart import _apply, _finetune, _model_fn, _select, _update_control
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import FreezeError, PatternError
 from warmstart._select import Patterns
 
 logger = logging.getLogger(__name__)
 
-# Op types that write the variable given as their first input.
-_WRITERS = re.compile(r"(Resource)?(Sparse)?Apply\w+|Assign\w*|(Resource)?Scatter\w+"
-                      r"|(Resource)?StridedSliceAssign")
-
-_patch_lock = threading.RLock()
-
 # freeze() returns the same kind as given: a model_fn or an Estimator.
 _ModelOrEstimatorT = TypeVar("_ModelOrEstimatorT", Callable[..., Any], tf.estimator.Estimator)
+
+
+def _batchnorm_class():
+  """The base of every Keras batch-norm layer (V1, V2, tf.compat.v1.layers, canned estimators)."""
+  return next(cls for cls in tf.keras.layers.BatchNormalization.__mro__
+              if "_get_training_value" in cls.__dict__)
 
 
 def _keras_layer_classes():
@@ -46,53 +50,81 @@ def _keras_layer_classes():
   return classes
 
 
+def _info(variable):
+  return VariableInfo.make(_apply.variable_name(variable), variable.shape.as_list()
+                           if variable.shape.is_fully_defined() else [],
+                           variable.dtype.base_dtype)
+
+
 class FreezeScope:
   """While active, variables for which `predicate(VariableInfo)` holds are created frozen.
 
-  With `predicate=None` nothing is frozen and nothing is hooked (no creator, no Keras wrap).
+  With `predicate=None` and no schedule nothing is frozen and nothing is hooked (no creator, no
+  Keras wrap).
 
   Attributes:
-    frozen: {name: [variables]} of what was frozen, in creation order.
+    frozen: {name: [variables]} of what was frozen, in creation order (batch-norm statistics
+      frozen with their layer included).
+    scheduled: {name: step} of batch-norm statistics frozen until their layer's unfreeze step.
+    scheduled_variables: {name: [variables]} of those.
+    allowed_writers: the (gated) moving-average updates of those layers.
   """
 
-  def __init__(self, predicate: Optional[Callable[[VariableInfo], bool]]):
+  def __init__(self, predicate: Optional[Callable[[VariableInfo], bool]], *,
+               fine_tuning: Optional[_finetune.FineTuning] = None,
+               gates: Optional[_update_control.Gates] = None):
     self._predicate = predicate
+    self._fine_tuning = fine_tuning or _finetune.FineTuning()
+    self._gates = gates or _update_control.Gates()
     self.frozen: dict[str, list] = collections.OrderedDict()
+    self.scheduled: dict[str, int] = {}
+    self.scheduled_variables: dict[str, list] = {}
+    self.allowed_writers: set = set()
     self._frozen_ids: set[int] = set()
+    self._scheduled_layers: set[int] = set()
     self._stack = contextlib.ExitStack()
 
   def __enter__(self):
     self._stack = contextlib.ExitStack()
-    if self._predicate is None:
+    batchnorm = self._fine_tuning.freeze_batchnorm_stats and (
+        self._predicate is not None or bool(self._fine_tuning.unfreeze_at))
+    if self._predicate is None and not batchnorm:
       return self
-    self._stack.enter_context(tf.compat.v1.variable_creator_scope(self._creator))
-    self._stack.enter_context(_patch_lock)
-    for cls in _keras_layer_classes():
-      original = cls.__dict__["add_weight"]
-      cls.add_weight = self._wrap_add_weight(original)
-      self._stack.callback(setattr, cls, "add_weight", original)
+    self._stack.enter_context(_update_control.PATCH_LOCK)
+    if self._predicate is not None:
+      self._stack.enter_context(tf.compat.v1.variable_creator_scope(self._creator))
+      for cls in _keras_layer_classes():
+        _update_control.patch_method(self._stack, cls, "add_weight", self._wrap_add_weight)
+    if batchnorm:
+      batchnorm_class = _batchnorm_class()
+      _update_control.patch_method(self._stack, batchnorm_class, "_get_training_value",
+                                   self._wrap_training_value)
+      for method in ("_assign_moving_average", "_assign_new_value"):
+        _update_control.patch_method(self._stack, batchnorm_class, method,
+                                     self._wrap_statistics_update)
     return self
 
   def __exit__(self, *exc):
     self._stack.close()
 
+  def _freeze(self, variable, name):
+    graph = variable.graph
+    for key in (tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES,
+                tf.compat.v1.GraphKeys.TRAINABLE_RESOURCE_VARIABLES):
+      members = graph.get_collection_ref(key)
+      members[:] = [v for v in members if v is not variable]
+    if hasattr(variable, "_trainable"):
+      variable._trainable = False  # pylint: disable=protected-access
+    self.frozen.setdefault(name, []).append(variable)
+    self._frozen_ids.add(id(variable))
+    logger.debug("froze %s", name)
+
   def _creator(self, next_creator, **kwargs):
     assert self._predicate is not None  # hooked only with a predicate
     variable = next_creator(**kwargs)
-    name = _apply.variable_name(variable)
-    info = VariableInfo.make(name, variable.shape.as_list() if variable.shape.is_fully_defined()
-                             else [], variable.dtype.base_dtype)
+    info = _info(variable)
     if self._predicate(info):
-      graph = variable.graph
-      for key in (tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES,
-                  tf.compat.v1.GraphKeys.TRAINABLE_RESOURCE_VARIABLES):
-        members = graph.get_collection_ref(key)
-        members[:] = [v for v in members if v is not variable]
-      if hasattr(variable, "_trainable"):
-        variable._trainable = False  # pylint: disable=protected-access
-      self.frozen.setdefault(name, []).append(variable)
-      self._frozen_ids.add(id(variable))
-      logger.debug("froze %s", name)
+      self._freeze(variable, info.name)
     return variable
 
   def _wrap_add_weight(self, original):
@@ -110,35 +142,150 @@ class FreezeScope:
       return variable
     return add_weight
 
+  def _wrap_training_value(self, original):
+    scope = self
 
-def check_train_op(train_op, frozen: dict[str, list]) -> None:
-  """Raises FreezeError if anything `train_op` runs writes a frozen variable."""
-  if train_op is None or not frozen:
-    return
+    def _get_training_value(layer, training=None):
+      training = original(layer, training)
+      return scope._batchnorm_training(layer, training)  # pylint: disable=protected-access
+    return _get_training_value
+
+  def _batchnorm_training(self, layer, training):
+    """The `training` a batch-norm layer runs with: False while any of its variables is frozen."""
+    weights = list(layer.weights)
+    statistics = [w for w in weights if w is not getattr(layer, "gamma", None)
+                  and w is not getattr(layer, "beta", None)]
+    if any(id(w) in self._frozen_ids for w in weights):
+      for w in statistics:
+        if id(w) not in self._frozen_ids:
+          self._freeze(w, _apply.variable_name(w))
+      return False
+    steps = [s for s in (self._fine_tuning.unfreeze_step(_apply.variable_name(w))
+                         for w in weights) if s is not None]
+    if not steps:
+      return training
+    step = max(steps)  # the statistics train once all of the layer does
+    for w in statistics:
+      name = _apply.variable_name(w)
+      self.scheduled[name] = step
+      self.scheduled_variables.setdefault(name, []).append(w)
+    self._scheduled_layers.add(id(layer))
+    value = _update_control.static_bool(training)
+    if value is False:
+      return False
+    gate = self._gates.gate(step)
+    return gate if value else tf.logical_and(tf.cast(training, tf.bool), gate)
+
+  def _wrap_statistics_update(self, original):
+    scope = self
+
+    def update(layer, *args, **kwargs):
+      if id(layer) not in scope._scheduled_layers:  # pylint: disable=protected-access
+        return original(layer, *args, **kwargs)
+      graph = tf.compat.v1.get_default_graph()
+      start = len(graph.get_operations())
+      result = original(layer, *args, **kwargs)
+      # Gated by the layer's `training`: allowed to write its scheduled statistics.
+      scope.allowed_writers.update(op for op in graph.get_operations()[start:]
+                                   if _update_control.WRITERS.fullmatch(op.type))
+      return result
+    return update
+
+
+def _owners(variables_by_name):
   owners = {}
-  for name, variables in frozen.items():
+  for name, variables in variables_by_name.items():
     for variable in variables:
       handle = getattr(variable, "handle", None)
       owners[(handle if handle is not None else variable).op] = name
+  return owners
+
+
+def check_train_op(train_op, frozen: dict[str, list], *,
+                   scheduled: Optional[dict[str, list]] = None, allowed_writers=frozenset(),
+                   steps=()) -> None:
+  """Raises FreezeError if anything `train_op` runs writes a frozen variable.
+
+  Args:
+    train_op: the EstimatorSpec's train_op.
+    frozen: {name: [variables]} frozen for the whole run.
+    scheduled: {name: [variables]} frozen until a step: only `allowed_writers` may write them.
+    allowed_writers: the gated ops that may write scheduled variables.
+    steps: [(update ops, post op)] from `UpdateControl`: an update must run its post op.
+  """
+  if train_op is None or not (frozen or scheduled or steps):
+    return
+  owners = _owners(frozen)
+  scheduled_owners = _owners(scheduled or {})
   start = train_op.op if isinstance(train_op, tf.Tensor) else train_op
   seen, todo = {start}, [start]
   while todo:
     op = todo.pop()
-    if _WRITERS.fullmatch(op.type) and op.inputs:
+    if _update_control.WRITERS.fullmatch(op.type) and op.inputs:
       target = op.inputs[0].op
-      while target.type == "Identity" and target.inputs and target not in owners:
+      while (target.type == "Identity" and target.inputs and target not in owners
+             and target not in scheduled_owners):
         target = target.inputs[0].op
       if target in owners:
         raise FreezeError(
             "the train_op still updates frozen variable %r: op %r (%s) writes it. Frozen "
             "variables are taken out of TRAINABLE_VARIABLES and Keras' trainable weights; build "
             "the optimizer on those (e.g. optimizer.minimize(loss) without var_list), build "
-            "batch-norm layers of frozen scopes with training=False, or leave %r out of the "
-            "freeze pattern." % (owners[target], op.name, op.type, owners[target]))
+            "batch-norm layers of frozen scopes with training=False (Keras and tf.compat.v1 "
+            "batch-norm layers are handled by freeze_batchnorm_stats=True), or leave %r out of "
+            "the freeze pattern." % (owners[target], op.name, op.type, owners[target]))
+      if target in scheduled_owners and op not in allowed_writers:
+        raise FreezeError(
+            "the train_op updates %r, frozen until a global step by unfreeze_at, with op %r (%s), "
+            "which the schedule does not gate. Only the update of a tf.compat.v1.train.Optimizer "
+            "or tf.keras.optimizers.legacy optimizer (apply_gradients / minimize) is gated; "
+            "write the variable through one, or leave it out of unfreeze_at."
+            % (scheduled_owners[target], op.name, op.type))
     for parent in list(op.control_inputs) + [t.op for t in op.inputs]:
       if parent not in seen:
         seen.add(parent)
         todo.append(parent)
+  _update_control.check_steps_run(seen, steps)
+
+
+def build_train_spec(model_fn, features, labels, mode, params, config, *,
+                     predicate: Optional[Callable[[VariableInfo], bool]],
+                     fine_tuning: Optional[_finetune.FineTuning] = None):
+  """Calls a model_fn in TRAIN mode with freezing, schedule and multipliers; checks the result.
+
+  Args:
+    model_fn: the model_fn.
+    features, labels, mode, params, config: its arguments.
+    predicate: what `freeze` freezes (None: nothing).
+    fine_tuning: batch-norm statistics, unfreeze_at and lr_multipliers.
+
+  Returns:
+    (EstimatorSpec, TrainGraph).
+
+  Raises:
+    PatternError: an unfreeze_at or lr_multipliers pattern decided no variable.
+    FreezeError: the train_op writes a frozen variable, or a scheduled one outside its gate.
+  """
+  fine_tuning = fine_tuning or _finetune.FineTuning()
+  gates = _update_control.Gates()
+  scope = FreezeScope(fine_tuning.frozen_predicate(predicate), fine_tuning=fine_tuning,
+                      gates=gates)
+  control = _update_control.UpdateControl(fine_tuning, gates)
+  with scope, control:
+    spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
+  scheduled = {**control.scheduled, **scope.scheduled}
+  multipliers = dict(control.scaled)
+  multipliers.update((n, 0.0) for n in scope.frozen if fine_tuning.multiplier(n) == 0)
+  problems = fine_tuning.unused_patterns(
+      scheduled=scheduled, scaled=multipliers, names=list(_apply.graph_variables()),
+      optimizer_calls=control.optimizer_calls)
+  if problems:
+    raise PatternError(" ".join(problems))
+  check_train_op(spec.train_op, scope.frozen,
+                 scheduled={**control.scheduled_variables, **scope.scheduled_variables},
+                 allowed_writers=control.allowed_writers | scope.allowed_writers,
+                 steps=control.steps)
+  return spec, _finetune.TrainGraph(list(scope.frozen), scheduled, multipliers)
 
 
 def _pattern_predicate(pattern):
@@ -148,38 +295,58 @@ def _pattern_predicate(pattern):
   return patterns, lambda info: _select.first_match(patterns, info.name) is not None
 
 
-def freeze(model_fn_or_estimator: _ModelOrEstimatorT, pattern: Patterns) -> _ModelOrEstimatorT:
+def freeze(model_fn_or_estimator: _ModelOrEstimatorT, pattern: Patterns, *,
+           freeze_batchnorm_stats: bool = True, unfreeze_at: _finetune.UnfreezeAt = None,
+           lr_multipliers: _finetune.LrMultipliers = None) -> _ModelOrEstimatorT:
   """Freezes the variables whose names fully match `pattern` during training.
 
   Args:
     model_fn_or_estimator: a model_fn or a `tf.estimator.Estimator` (canned ones too).
-    pattern: a regex or list of regexes, fully matched against variable names.
+    pattern: a regex or list of regexes, fully matched against variable names; None freezes
+      nothing (for `unfreeze_at` / `lr_multipliers` alone).
+    freeze_batchnorm_stats: a batch-norm layer any of whose variables is frozen keeps its moving
+      statistics bit-identical and normalizes with them (inference mode); False lets them
+      update as the model_fn says.
+    unfreeze_at: {pattern: global step}: the matching variables stay frozen (values and
+      optimizer slots) until that step and train from then on, in the same graph.
+    lr_multipliers: {pattern: factor}: the optimizer's update of the matching variables is
+      scaled by factor (0.1: a tenth of the step, for any optimizer; 0: frozen).
 
   Returns:
     The same kind as given: a model_fn, or a new Estimator (same model_dir, config, params and
     warm-start settings).
 
   Raises:
+    WarmStartError: a bad unfreeze_at / lr_multipliers value, now.
     PatternError: bad regex, or (at graph build) a pattern that matches no variable.
     FreezeError: (at graph build) the train_op still updates a frozen variable.
 
   Example:
     >>> model_fn = warmstart.freeze(model_fn, "mnist/hidden/.*")
+    >>> canned = warmstart.freeze(tf.estimator.DNNClassifier(...), None,
+    ...                           unfreeze_at={"dnn/hiddenlayer_0/.*": 500})
   """
-  patterns, predicate = _pattern_predicate(pattern)
+  fine_tuning = _finetune.FineTuning(freeze_batchnorm_stats=freeze_batchnorm_stats,
+                                     unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
+  if pattern is None:
+    if not (fine_tuning.unfreeze_at or fine_tuning.lr_multipliers):
+      raise PatternError("freeze pattern is None and neither unfreeze_at nor lr_multipliers is "
+                         "given: nothing to do")
+    patterns, predicate = (), None
+  else:
+    patterns, predicate = _pattern_predicate(pattern)
 
   def wrap(model_fn):
     def frozen_model_fn(features, labels, mode, params, config):
       if mode != tf.estimator.ModeKeys.TRAIN:
         return _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
-      with FreezeScope(predicate) as scope:
-        spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
+      spec, graph = build_train_spec(model_fn, features, labels, mode, params, config,
+                                     predicate=predicate, fine_tuning=fine_tuning)
       unused = _select.unmatched(patterns, list(_apply.graph_variables()), "freeze",
                                  "model variable")
       if unused:
         raise PatternError(" ".join(unused))
-      check_train_op(spec.train_op, scope.frozen)
-      logger.info("froze %d variable(s): %s", len(scope.frozen), ", ".join(scope.frozen))
+      logger.info("%s", graph.describe())
       return spec
     return frozen_model_fn
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
-from warmstart import _checkpoint, _kinds, _rename, _select, sources
+from warmstart import _checkpoint, _finetune, _kinds, _rename, _select, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 from warmstart._rename import Rules
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 LOAD = "load"
 SKIP = "skip"
 MISSING = "missing"
+FRESH = "fresh"  # an optimizer slot the source lacks, with optimizer_state="keep"
 NOT_SELECTED = "not_selected"
 
 SHAPE_POLICIES = ("error", "skip")
@@ -62,14 +63,23 @@ class Report:
   """What a warm start loaded, renamed, skipped (why), left missing and froze.
 
   `str(report)` is for people, `report.to_json()` for machines.
+
+  Attributes:
+    fresh_optimizer_slots: with optimizer_state="keep", the optimizer slots the source does not
+      hold (e.g. those of variables it trained frozen): they start from their initializers.
+    unfreeze_at: {variable: global step} of the variables frozen until that step.
+    lr_multipliers: {variable: factor} of the variables whose updates are scaled (0: frozen).
   """
   source: str
   step: Optional[int]
   loaded: list[Entry] = dataclasses.field(default_factory=list)
   skipped: list[Entry] = dataclasses.field(default_factory=list)
   missing: list[Entry] = dataclasses.field(default_factory=list)
+  fresh_optimizer_slots: list[Entry] = dataclasses.field(default_factory=list)
   not_selected: list[Entry] = dataclasses.field(default_factory=list)
   frozen: list[str] = dataclasses.field(default_factory=list)
+  unfreeze_at: dict[str, int] = dataclasses.field(default_factory=dict)
+  lr_multipliers: dict[str, float] = dataclasses.field(default_factory=dict)
   unused_patterns: list[str] = dataclasses.field(default_factory=list)
   unused_rules: list[str] = dataclasses.field(default_factory=list)
   unused_checkpoint_tensors: list[Entry] = dataclasses.field(default_factory=list)
@@ -91,7 +101,7 @@ class Report:
   def __str__(self):
     nbytes = sum(_nbytes(e) for e in self.loaded)
     model_count = len(self.loaded) + len(self.skipped) + len(self.missing) + len(
-        self.not_selected)
+        self.fresh_optimizer_slots) + len(self.not_selected)
     lines = []
     if self.resumed_from:
       lines.append("warm start NOT applied: model_dir holds checkpoint %s, training resumes "
@@ -115,8 +125,19 @@ class Report:
     if self.not_selected:
       lines.append("  not selected (%d): %s" % (len(self.not_selected),
                                                  _summarize(self.not_selected)))
+    if self.fresh_optimizer_slots:
+      lines.append("  optimizer slots not in the source, started fresh (%d): %s" % (
+          len(self.fresh_optimizer_slots), ", ".join(e.name for e in self.fresh_optimizer_slots)))
     if self.frozen:
       lines.append("  frozen (not trainable): %s" % ", ".join(self.frozen))
+    if self.unfreeze_at:
+      lines.append("  frozen until a global step, trained from it on:")
+      lines.extend("    step %d: %s" % (step, ", ".join(names))
+                   for step, names in sorted(_group(self.unfreeze_at).items()))
+    if self.lr_multipliers:
+      lines.append("  learning-rate multipliers (each step's update scaled):")
+      lines.extend("    x%g%s: %s" % (factor, " (frozen)" if factor == 0 else "", ", ".join(names))
+                   for factor, names in sorted(_group(self.lr_multipliers).items()))
     if self.unused_checkpoint_tensors:
       lines.append("  checkpoint tensors nobody read (%d): %s" % (
           len(self.unused_checkpoint_tensors), _summarize(self.unused_checkpoint_tensors)))
@@ -127,6 +148,14 @@ class Report:
         lines.append("  %s:" % title)
         lines.extend("    - " + item for item in items)
     return "\n".join(lines)
+
+
+def _group(values):
+  """{value: [names]} of a {name: value} mapping, names in their order."""
+  groups: dict = {}
+  for name, value in values.items():
+    groups.setdefault(value, []).append(name)
+  return groups
 
 
 def _nbytes(entry):
@@ -259,6 +288,10 @@ class Planner:
                        "initializer" % variable.kind)
     ckpt_name, rule = _rename.checkpoint_name(self.rules, name)
     source = self.source_variables.get(ckpt_name)
+    if source is None and variable.kind == _kinds.OPTIMIZER_SLOT and rule is None:
+      # optimizer_state="keep": e.g. the slots of variables the source trained frozen.
+      return _Decision(variable, FRESH, ckpt_name, "optimizer slot not in the checkpoint; starts "
+                       "from its initializer")
     if source is None:
       problem = ""
       if rule is not None:
@@ -328,7 +361,7 @@ class Planner:
             name, _select.closest(name, names)))
 
     by_action = {LOAD: report.loaded, SKIP: report.skipped, MISSING: report.missing,
-                 NOT_SELECTED: report.not_selected}
+                 FRESH: report.fresh_optimizer_slots, NOT_SELECTED: report.not_selected}
     for d in decisions:
       by_action[d.action].append(d.entry())
     used = {d.checkpoint_name for d in decisions if d.action == LOAD}
@@ -404,7 +437,9 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
          on_shape_mismatch: ShapePolicies = "error", optimizer_state: str = "reset",
          step: Optional[int] = None, params: Optional[dict] = None,
          config: Optional["tf.estimator.RunConfig"] = None,
-         input_fn: Optional[Callable[[], Any]] = None, check_finite: bool = False) -> Plan:
+         input_fn: Optional[Callable[[], Any]] = None, check_finite: bool = False,
+         freeze_batchnorm_stats: bool = True, unfreeze_at: _finetune.UnfreezeAt = None,
+         lr_multipliers: _finetune.LrMultipliers = None) -> Plan:
   """Plans a warm start without training anything (a dry run).
 
   Against a checkpoint of the target model this needs no TensorFlow; against a model_fn or
@@ -416,7 +451,10 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
       or Estimator, whose training graph is built in a scratch graph (nothing is run) from
       `input_fn`'s features and labels.
     include, exclude, rename, vocab, freeze, on_shape_mismatch, optimizer_state, step, params,
-      config: as for `estimator_from`.
+      config, freeze_batchnorm_stats, unfreeze_at, lr_multipliers: as for `estimator_from`.
+      Against a model_fn, the report's frozen variables, schedule and multipliers are what
+      training decides; against a checkpoint, what the names say (batch-norm layers told by
+      `<layer>/gamma`, `<layer>/moving_mean`, ...).
     input_fn: with a model_fn or Estimator target, the input_fn whose output it takes.
     check_finite: also refuse tensors to be loaded that hold NaN or Inf.
 
@@ -433,7 +471,14 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
   planner = Planner(source, include=include, exclude=exclude, rename=rename, vocab=vocab,
                     freeze=freeze, on_shape_mismatch=on_shape_mismatch,
                     optimizer_state=optimizer_state, step=step, check_finite=check_finite)
+  fine_tuning = _finetune.FineTuning(freeze_batchnorm_stats=freeze_batchnorm_stats,
+                                     unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
   if isinstance(target, (str, os.PathLike, CheckpointRef)):
-    return planner.plan(sources.list_variables(target))
+    variables = sources.list_variables(target)
+    result = planner.plan(variables)
+    _finetune.by_name(variables, planner.is_frozen if planner.freezes else None,
+                      fine_tuning).update(result.report)
+    return result
   from warmstart import _estimator  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  return _estimator.plan_model(planner, target, params=params, config=config, input_fn=input_fn)
+  return _estimator.plan_model(planner, target, params=params, config=config, input_fn=input_fn,
+                               fine_tuning=fine_tuning)
