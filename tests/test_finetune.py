@@ -64,6 +64,10 @@ def batchnorm_model_fn(features, labels, mode, params):
     layer = tf.keras.layers.BatchNormalization(**options)
     normalized = layer(h, training=True)
     updates = layer.updates  # Keras layers keep their updates on the layer
+  elif params["layers"] == "v1_fused":  # the fused kernel (4-D inputs), as in conv nets
+    normalized = tf.reshape(tf.compat.v1.layers.batch_normalization(
+        tf.reshape(h, [-1, 1, 1, 4]), training=True, fused=True, **options), [-1, 4])
+    updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
   else:
     normalized = tf.compat.v1.layers.batch_normalization(h, training=True, **options)
     updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
@@ -79,7 +83,7 @@ def batchnorm_model_fn(features, labels, mode, params):
 BN = ["bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance"]
 
 
-@pytest.mark.parametrize("layers", ["v1", "keras"])
+@pytest.mark.parametrize("layers", ["v1", "v1_fused", "keras"])
 def test_frozen_batchnorm_layer_keeps_and_normalizes_with_its_statistics(layers):
   model_fn = warmstart.freeze(batchnorm_model_fn, "bn/(gamma|beta)")
   history = run_graph(model_fn, [*BN, "logits/kernel"], steps=3, params={"layers": layers})
@@ -88,6 +92,18 @@ def test_frozen_batchnorm_layer_keeps_and_normalizes_with_its_statistics(layers)
   assert not same_bits(history[-1]["logits/kernel"], history[0]["logits/kernel"])
   # Inference-mode normalization with the frozen statistics, not the batch's.
   first = history[0]
+  expected = ((first["predictions"]["hidden"] - first["bn/moving_mean"])
+              / np.sqrt(first["bn/moving_variance"] + 1e-3) * first["bn/gamma"] + first["bn/beta"])
+  np.testing.assert_allclose(first["predictions"]["normalized"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", ["v1", "v1_fused", "keras"])
+def test_batchnorm_layer_unfreezes_with_its_variables(layers):
+  model_fn = warmstart.freeze(batchnorm_model_fn, None, unfreeze_at={"(hidden|bn)/.*": 2})
+  history = run_graph(model_fn, [*BN, "hidden/kernel"], steps=4, params={"layers": layers})
+  for name in [*BN, "hidden/kernel"]:
+    assert unchanged(history, name) == [True, True, True, False, False], name
+  first = history[0]  # normalized with the statistics while frozen
   expected = ((first["predictions"]["hidden"] - first["bn/moving_mean"])
               / np.sqrt(first["bn/moving_variance"] + 1e-3) * first["bn/gamma"] + first["bn/beta"])
   np.testing.assert_allclose(first["predictions"]["normalized"], expected, rtol=1e-5, atol=1e-6)
@@ -159,10 +175,14 @@ def linear_model_fn(features, labels, mode, params):
   else:
     optimizer = {"sgd": lambda: tf.compat.v1.train.GradientDescentOptimizer(0.1),
                  "momentum": lambda: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
+                 "momentum_own_step": lambda: tf.compat.v1.train.MomentumOptimizer(0.1, 0.9),
                  "adam": lambda: tf.compat.v1.train.AdamOptimizer(0.1),
                  "rmsprop": lambda: tf.compat.v1.train.RMSPropOptimizer(0.1, momentum=0.5),
                  "adagrad": lambda: tf.compat.v1.train.AdagradOptimizer(0.1)}[name]()
-    train_op = optimizer.minimize(loss, global_step=step)
+    if name.endswith("own_step"):  # the step incremented beside the optimizer, unordered
+      train_op = tf.group(optimizer.minimize(loss), step.assign_add(1))
+    else:
+      train_op = optimizer.minimize(loss, global_step=step)
   return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
 
@@ -256,7 +276,8 @@ def test_without_an_optimizer_the_schedule_is_an_error():
 
 # -- unfreeze_at -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "keras_adam", "keras_sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "keras_adam", "keras_sgd",
+                                       "momentum_own_step"])
 def test_unfreeze_at_holds_values_and_slots_until_the_step(optimizer):
   model_fn = warmstart.freeze(linear_model_fn, None, unfreeze_at={"a": 2})
   history = run_graph(model_fn, None, steps=4, params={"optimizer": optimizer})
@@ -265,6 +286,26 @@ def test_unfreeze_at_holds_values_and_slots_until_the_step(optimizer):
   for name in ["a", *slots]:
     assert unchanged(history, name) == [True, True, True, False, False], name
   assert unchanged(history, "b") == [True, False, False, False, False]
+
+
+def test_the_gate_reads_the_step_before_a_model_fn_increments_it():
+  # A race otherwise: the model_fn's own assign_add is not ordered with the optimizer.
+  model_fn = warmstart.freeze(linear_model_fn, None, unfreeze_at={"a": 2})
+  with tf.Graph().as_default() as graph:
+    step = tf.compat.v1.train.get_or_create_global_step()
+    spec = model_fn({}, None, TRAIN, {"optimizer": "momentum_own_step"}, None)
+
+    def reads_step(op):
+      while op.type == "Identity":
+        op = op.inputs[0].op
+      return op.type == "ReadVariableOp" and op.inputs[0].op is step.handle.op
+    gates = [op for op in graph.get_operations()
+             if op.type == "GreaterEqual" and reads_step(op.inputs[0].op)]
+    increments = [op for op in graph.get_operations()
+                  if op.type == "AssignAddVariableOp" and op.inputs[0].op is step.handle.op]
+    assert len(gates) == 1 and len(increments) == 1
+    assert gates[0] in increments[0].control_inputs
+    assert spec.train_op is not None
 
 
 def test_unfreeze_at_with_adam_then_resume(tmp_path, base_model):

@@ -73,11 +73,6 @@ class FineTuning:
     self.unfreeze_at = _compile_mapping(unfreeze_at, "unfreeze_at", _check_step)
     self.lr_multipliers = _compile_mapping(lr_multipliers, "lr_multipliers", _check_factor)
 
-  @property
-  def controls_updates(self) -> bool:
-    """Whether optimizer updates are gated or scaled (a factor of 0 only freezes)."""
-    return bool(self.unfreeze_at) or any(f != 0 for _, f in self.lr_multipliers)
-
   def unfreeze_step(self, name: str) -> Optional[int]:
     """The global step from which `name` trains, if a schedule holds it frozen until then."""
     kind = _kinds.kind_of(name)
@@ -109,17 +104,6 @@ class FineTuning:
         return True
       return base is not None and base(info)
     return predicate
-
-  def describe(self) -> str:
-    """The arguments, for log lines."""
-    parts = []
-    if self.unfreeze_at:
-      parts.append("unfreeze_at={%s}" % ", ".join("%r: %d" % (p.text, s)
-                                                  for p, s in self.unfreeze_at))
-    if self.lr_multipliers:
-      parts.append("lr_multipliers={%s}" % ", ".join("%r: %g" % (p.text, f)
-                                                    for p, f in self.lr_multipliers))
-    return ", ".join(parts)
 
   def unused_patterns(self, *, scheduled, scaled, names, optimizer_calls) -> list[str]:
     """One message per unfreeze_at / lr_multipliers pattern that decided no variable.
@@ -196,7 +180,7 @@ def by_name(variables: Sequence[VariableInfo],
   """
   predicate = fine_tuning.frozen_predicate(predicate)
   names = [v.name for v in variables]
-  frozen = [v.name for v in variables if predicate is not None and predicate(v)]
+  frozen = {v.name: None for v in variables if predicate is not None and predicate(v)}
   scheduled: dict[str, int] = {}
   multipliers: dict[str, float] = {}
   for n in names:
@@ -211,10 +195,12 @@ def by_name(variables: Sequence[VariableInfo],
       if v.kind == _kinds.BATCHNORM_STAT:
         layers.setdefault(v.name.rsplit("/", 1)[0], []).append(v.name)
     for layer, statistics in layers.items():
-      members = [n for n in (layer + "/gamma", layer + "/beta") if n in names] + statistics
+      # The statistics follow their layer: frozen with any of its variables, else scheduled
+      # until the last of their steps.
+      members = [layer + "/gamma", layer + "/beta", *statistics]
       steps = [scheduled[n] for n in members if n in scheduled]
       if any(n in frozen for n in members):
-        frozen.extend(n for n in statistics if n not in frozen)
+        frozen.update(dict.fromkeys(statistics))
         for n in statistics:
           scheduled.pop(n, None)
       elif steps:
@@ -223,4 +209,4 @@ def by_name(variables: Sequence[VariableInfo],
                                          optimizer_calls=1)
   if problems:
     raise PatternError(" ".join(problems))
-  return TrainGraph(frozen, scheduled, multipliers)
+  return TrainGraph(list(frozen), scheduled, multipliers)

@@ -19,6 +19,7 @@ Afterwards `check_train_op` walks the train_op: if any op in it still writes a f
 import collections
 import contextlib
 import logging
+import threading
 from typing import Any, Callable, Optional, TypeVar
 
 import tensorflow as tf
@@ -83,9 +84,12 @@ class FreezeScope:
     self._frozen_ids: set[int] = set()
     self._scheduled_layers: set[int] = set()
     self._stack = contextlib.ExitStack()
+    self._thread = threading.get_ident()
 
   def __enter__(self):
     self._stack = contextlib.ExitStack()
+    # The Keras classes are patched for every thread; the wrappers act in this one only.
+    self._thread = threading.get_ident()
     batchnorm = self._fine_tuning.freeze_batchnorm_stats and (
         self._predicate is not None or bool(self._fine_tuning.unfreeze_at))
     if self._predicate is None and not batchnorm:
@@ -132,6 +136,8 @@ class FreezeScope:
 
     def add_weight(layer, *args, **kwargs):
       variable = original(layer, *args, **kwargs)
+      if threading.get_ident() != scope._thread:  # pylint: disable=protected-access
+        return variable
       parts = list(variable) if isinstance(variable, (list, tuple)) else [variable]
       for part in parts:
         if id(part) in scope._frozen_ids:  # pylint: disable=protected-access
@@ -147,6 +153,8 @@ class FreezeScope:
 
     def _get_training_value(layer, training=None):
       training = original(layer, training)
+      if threading.get_ident() != scope._thread:  # pylint: disable=protected-access
+        return training
       return scope._batchnorm_training(layer, training)  # pylint: disable=protected-access
     return _get_training_value
 
@@ -217,35 +225,26 @@ def check_train_op(train_op, frozen: dict[str, list], *,
     return
   owners = _owners(frozen)
   scheduled_owners = _owners(scheduled or {})
-  start = train_op.op if isinstance(train_op, tf.Tensor) else train_op
-  seen, todo = {start}, [start]
-  while todo:
-    op = todo.pop()
-    if _update_control.WRITERS.fullmatch(op.type) and op.inputs:
-      target = op.inputs[0].op
-      while (target.type == "Identity" and target.inputs and target not in owners
-             and target not in scheduled_owners):
-        target = target.inputs[0].op
-      if target in owners:
-        raise FreezeError(
-            "the train_op still updates frozen variable %r: op %r (%s) writes it. Frozen "
-            "variables are taken out of TRAINABLE_VARIABLES and Keras' trainable weights; build "
-            "the optimizer on those (e.g. optimizer.minimize(loss) without var_list), build "
-            "batch-norm layers of frozen scopes with training=False (Keras and tf.compat.v1 "
-            "batch-norm layers are handled by freeze_batchnorm_stats=True), or leave %r out of "
-            "the freeze pattern." % (owners[target], op.name, op.type, owners[target]))
-      if target in scheduled_owners and op not in allowed_writers:
-        raise FreezeError(
-            "the train_op updates %r, frozen until a global step by unfreeze_at, with op %r (%s), "
-            "which the schedule does not gate. Only the update of a tf.compat.v1.train.Optimizer "
-            "or tf.keras.optimizers.legacy optimizer (apply_gradients / minimize) is gated; "
-            "write the variable through one, or leave it out of unfreeze_at."
-            % (scheduled_owners[target], op.name, op.type))
-    for parent in list(op.control_inputs) + [t.op for t in op.inputs]:
-      if parent not in seen:
-        seen.add(parent)
-        todo.append(parent)
-  _update_control.check_steps_run(seen, steps)
+  stop = set(owners) | set(scheduled_owners)
+  visited = _update_control.ops_run_by(train_op)
+  for op in sorted(visited, key=lambda op: op.name):  # the same error every time
+    target = _update_control.written_variable(op, stop)
+    if target in owners:
+      raise FreezeError(
+          "the train_op still updates frozen variable %r: op %r (%s) writes it. Frozen "
+          "variables are taken out of TRAINABLE_VARIABLES and Keras' trainable weights; build "
+          "the optimizer on those (e.g. optimizer.minimize(loss) without var_list), build "
+          "batch-norm layers of frozen scopes with training=False (Keras and tf.compat.v1 "
+          "batch-norm layers are handled by freeze_batchnorm_stats=True), or leave %r out of "
+          "the freeze pattern." % (owners[target], op.name, op.type, owners[target]))
+    if target in scheduled_owners and op not in allowed_writers:
+      raise FreezeError(
+          "the train_op updates %r, frozen until a global step by unfreeze_at, with op %r (%s), "
+          "which the schedule does not gate. Only the update of a tf.compat.v1.train.Optimizer "
+          "or tf.keras.optimizers.legacy optimizer (apply_gradients / minimize) is gated; "
+          "write the variable through one, or leave it out of unfreeze_at."
+          % (scheduled_owners[target], op.name, op.type))
+  _update_control.check_steps_run(visited, steps)
 
 
 def build_train_spec(model_fn, features, labels, mode, params, config, *,
@@ -273,6 +272,8 @@ def build_train_spec(model_fn, features, labels, mode, params, config, *,
   control = _update_control.UpdateControl(fine_tuning, gates)
   with scope, control:
     spec = _model_fn.call_model_fn(model_fn, features, labels, mode, params, config)
+  if spec.train_op is not None:
+    gates.read_before_step_increments(spec.train_op)
   scheduled = {**control.scheduled, **scope.scheduled}
   multipliers = dict(control.scaled)
   multipliers.update((n, 0.0) for n in scope.frozen if fine_tuning.multiplier(n) == 0)

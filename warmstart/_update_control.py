@@ -63,6 +63,21 @@ class Gates:
                                               tf.cast(step, global_step.dtype.base_dtype))
       return self._gates[key]
 
+  def read_before_step_increments(self, train_op) -> None:
+    """Makes every gate read the global step before anything in `train_op` increments it.
+
+    Optimizers increment it inside apply_gradients (ordered there); a model_fn may also group
+    its own `assign_add` into the train_op, unordered: the gate would then see either step.
+    """
+    for graph in {graph for graph, _ in self._gates}:
+      global_step = tf.compat.v1.train.get_global_step(graph)
+      gates = [gate.op for (g, _), gate in self._gates.items() if g is graph]
+      handle = getattr(global_step, "handle", None)
+      step_op = (handle if handle is not None else global_step).op
+      for op in ops_run_by(train_op):
+        if op.graph is graph and written_variable(op) is step_op:
+          op._add_control_inputs(gates)  # pylint: disable=protected-access
+
 
 def static_bool(value) -> Optional[bool]:
   """A `training` argument's value when it is known while building the graph, else None."""
@@ -109,18 +124,31 @@ def _ops_of(result) -> list:
           if x is not None]
 
 
-def _run_by(result, created) -> list:
-  """The ops among `created` that running `result` runs."""
-  created_set = set(created)
-  todo = [op for op in _ops_of(result) if op in created_set]
+def ops_run_by(result, within=None) -> set:
+  """The ops running `result` (ops, tensors, variables or nests of them) runs, or those of them
+  in `within`."""
+  todo = [op for op in _ops_of(result) if within is None or op in within]
   seen = set(todo)
   while todo:
     op = todo.pop()
     for parent in list(op.control_inputs) + [t.op for t in op.inputs]:
-      if parent in created_set and parent not in seen:
+      if parent not in seen and (within is None or parent in within):
         seen.add(parent)
         todo.append(parent)
-  return [op for op in created if op in seen]
+  return seen
+
+
+def written_variable(op, stop=frozenset()):
+  """The op of the variable (handle or ref) that `op` writes, or None if it writes none.
+
+  Identity ops between are looked through, except at ops in `stop`.
+  """
+  if not (WRITERS.fullmatch(op.type) and op.inputs):
+    return None
+  target = op.inputs[0].op
+  while target.type == "Identity" and target.inputs and target not in stop:
+    target = target.inputs[0].op
+  return target
 
 
 @dataclasses.dataclass
@@ -153,7 +181,6 @@ class UpdateControl:
   """While active, optimizers gate (unfreeze_at) and scale (lr_multipliers) their updates.
 
   Attributes:
-    updated: {name: [variables]} every variable an optimizer updated.
     scheduled: {name: step} of the variables held frozen until a step.
     scheduled_variables: {name: [variables]} of those.
     scaled: {name: factor} of the variables whose updates are scaled.
@@ -167,7 +194,6 @@ class UpdateControl:
     self._fine_tuning = fine_tuning
     self._gates = gates
     self._depth = 0
-    self.updated: dict[str, list] = {}
     self.scheduled: dict[str, int] = {}
     self.scheduled_variables: dict[str, list] = {}
     self.scaled: dict[str, float] = {}
@@ -175,9 +201,11 @@ class UpdateControl:
     self.steps: list[tuple[frozenset, Any]] = []
     self.optimizer_calls = 0
     self._stack = contextlib.ExitStack()
+    self._thread = threading.get_ident()
 
   def __enter__(self):
     self._stack = contextlib.ExitStack()
+    self._thread = threading.get_ident()
     if self._fine_tuning.lr_multipliers or self._fine_tuning.unfreeze_at:
       self._stack.enter_context(PATCH_LOCK)
       for cls in _optimizer_classes():
@@ -191,7 +219,9 @@ class UpdateControl:
     control = self
 
     def apply_gradients(optimizer, grads_and_vars, *args, **kwargs):
-      if control._depth:  # an optimizer wrapping another: only the outermost call acts
+      # Only the outermost call acts (an optimizer may wrap another), and only in the thread
+      # that builds this graph: the class is patched for every thread.
+      if control._depth or threading.get_ident() != control._thread:
         return original(optimizer, grads_and_vars, *args, **kwargs)
       control._depth += 1
       try:
@@ -207,7 +237,6 @@ class UpdateControl:
       if grad is None:
         continue
       name = _apply.variable_name(variable)
-      self.updated.setdefault(name, []).append(variable)
       step, factor = self._fine_tuning.unfreeze_step(name), self._fine_tuning.multiplier(name)
       if factor is not None:
         self.scaled[name] = factor
@@ -231,8 +260,10 @@ class UpdateControl:
     graph = tf.compat.v1.get_default_graph()
     start = len(graph.get_operations())
     result = original(optimizer, pairs, *args, **kwargs)
-    update = _run_by(result, graph.get_operations()[start:])
-    writers = [op for op in update if WRITERS.fullmatch(op.type) or op.type in _CALLS]
+    created = graph.get_operations()[start:]
+    update = ops_run_by(result, within=set(created))
+    writers = [op for op in created
+               if op in update and (WRITERS.fullmatch(op.type) or op.type in _CALLS)]
 
     with tf.name_scope("warmstart_update_control"):
       # The state before the update: read first, and every write of the update waits for it.
