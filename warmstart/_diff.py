@@ -516,7 +516,7 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
 def _b_to_a_names(rules, names_b):
   """{name in A: name in B} after mapping B's names with the rename rules."""
   mapping: dict[str, str] = {}
-  used: set[_rename.Rule] = set()
+  used: set[_rename.AnyRule] = set()
   for name_b in names_b:
     name_a, rule = _rename.checkpoint_name(rules, name_b)
     if rule is not None:
@@ -527,9 +527,12 @@ def _b_to_a_names(rules, names_b):
     mapping[name_a] = name_b
   unused = [rule for rule in rules if rule not in used]
   if unused:
+    first = unused[0]
     raise PatternError("rename rule%s %s matched no tensor of B.%s" % (
         "s" if len(unused) > 1 else "", ", ".join(map(str, unused)),
-        _select.closest(unused[0].pattern.text, names_b)))
+        " (it returned None or the name itself for all %d)" % len(names_b)
+        if isinstance(first, _rename.FunctionRule) else _select.closest(first.pattern.text,
+                                                                         names_b)))
   return mapping
 
 
@@ -548,8 +551,9 @@ def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patte
     exclude: regex or list of regexes of tensor names to leave out.
     atol, rtol: tolerances; elements with |A - B| <= atol + rtol * |B| count as equal. With
       both 0 (the default), identical means bit for bit.
-    rename: rules mapping B's tensor names onto A's: {b_name_pattern: a_name_template} or a
-      list of pairs, as for `warmstart.plan` (B plays the model, A the source). Names are then
+    rename: rules mapping B's tensor names onto A's: {b_name_pattern: a_name_template}, a
+      list of pairs, or a function b_name -> a_name or None, as for `warmstart.plan` (B plays
+      the model, A the source). Names are then
       A's; include / exclude apply to them. A rule that matches no B tensor is an error.
     progress: optional callable(done, total), called (in the calling thread) as each tensor's
       comparison completes.

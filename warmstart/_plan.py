@@ -216,7 +216,7 @@ class _Decision:
   action: str
   checkpoint_name: str
   reason: str = ""
-  rule: Optional[_rename.Rule] = None
+  rule: Optional[_rename.AnyRule] = None
   problem: str = ""
 
   def entry(self):
@@ -349,6 +349,10 @@ class Planner:
     for rule in self.rules:
       if not any(d.rule is rule for d in selected):
         report.unused_rules.append(str(rule))
+        if isinstance(rule, _rename.FunctionRule):
+          problems.append("%s renamed no selected model variable: it returned None or the name "
+                          "itself for all %d" % (rule, len(selected)))
+          continue
         matching = [n for n in names if rule.pattern.matches(n)]
         problems.append("rename rule %s was never used: %s" % (rule, (
             "it matches only variables that are not selected (%s)" % ", ".join(matching[:3])

@@ -3,16 +3,20 @@
 Rules are `{model_name_pattern: checkpoint_name_template}` or a list of such pairs. The pattern is
 fully matched against the model variable name; the template is expanded with its groups (`\\1`,
 `\\g<name>`). The first rule that matches wins; several model variables may read one tensor.
+
+`rename` may also be a function `model_name -> checkpoint_name or None` (None, or the name itself:
+not renamed), for changes a template cannot express ("stage - 1", `kernel` -> `weights`).
 """
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from warmstart._errors import PatternError
 from warmstart._select import Pattern, compile_pattern
 
-Rules = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
+RenameFunction = Callable[[str], Optional[str]]
+Rules = Union[Mapping[str, str], Sequence[tuple[str, str]], RenameFunction, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,19 +28,34 @@ class Rule:
     return "%r -> %r" % (self.pattern.text, self.template)
 
 
-def compile_rules(rename: Rules) -> tuple[Rule, ...]:
-  """Validates and compiles rename rules."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class FunctionRule:
+  """A rename function, used like one rule that decides for itself which names it renames."""
+  function: RenameFunction
+
+  def __str__(self):
+    return "rename function %s" % getattr(self.function, "__qualname__", repr(self.function))
+
+
+AnyRule = Union[Rule, FunctionRule]
+
+
+def compile_rules(rename: Rules) -> tuple[AnyRule, ...]:
+  """Validates and compiles rename rules (or wraps a rename function)."""
   if rename is None:
     return ()
+  if callable(rename) and not isinstance(rename, Mapping):
+    return (FunctionRule(rename),)
   if isinstance(rename, Mapping):
     pairs = list(rename.items())
   elif isinstance(rename, (list, tuple)) and all(
       isinstance(p, (list, tuple)) and len(p) == 2 for p in rename):
     pairs = [tuple(p) for p in rename]
   else:
-    raise PatternError("rename must be a dict {model_name_pattern: checkpoint_name_template} or "
-                       "a list of (pattern, template) pairs; got %r" % (rename,))
-  rules = []
+    raise PatternError("rename must be a dict {model_name_pattern: checkpoint_name_template}, "
+                       "a list of (pattern, template) pairs or a function model_name -> "
+                       "checkpoint_name or None; got %r" % (rename,))
+  rules: list[AnyRule] = []
   for text, template in pairs:
     pattern = compile_pattern(text, "rename")
     if not isinstance(template, str):
@@ -51,9 +70,27 @@ def compile_rules(rename: Rules) -> tuple[Rule, ...]:
   return tuple(rules)
 
 
-def checkpoint_name(rules: Sequence[Rule], name: str) -> tuple[str, Optional[Rule]]:
-  """Returns (the checkpoint name for model variable `name`, the rule used or None)."""
+def checkpoint_name(rules: Sequence[AnyRule], name: str) -> tuple[str, Optional[AnyRule]]:
+  """Returns (the checkpoint name for model variable `name`, the rule used or None).
+
+  Raises:
+    PatternError: a template that cannot expand, or a rename function that raised or returned
+      something other than a string or None; the message names the variable.
+  """
   for rule in rules:
+    if isinstance(rule, FunctionRule):
+      try:
+        renamed = rule.function(name)
+      except Exception as err:
+        raise PatternError("%s raised %s for model variable %r: %s" % (
+            rule, type(err).__name__, name, err)) from err
+      if renamed is None or renamed == name:
+        continue
+      if not isinstance(renamed, str) or not renamed:
+        raise PatternError("%s returned %r for model variable %r; it must return a checkpoint "
+                           "name (a non-empty str) or None to leave the name as it is"
+                           % (rule, renamed, name))
+      return renamed, rule
     match = rule.pattern.regex.fullmatch(name)
     if match:
       try:
@@ -61,3 +98,4 @@ def checkpoint_name(rules: Sequence[Rule], name: str) -> tuple[str, Optional[Rul
       except (re.error, IndexError) as err:
         raise PatternError("rename rule %s cannot expand for %r: %s" % (rule, name, err)) from err
   return name, None
+
