@@ -23,6 +23,8 @@ from warmstart._errors import WarmStartError
 from warmstart._plan import Plan
 from warmstart._plan import Report
 from warmstart._plan import plan
+from warmstart._suggest import RenameSuggestion
+from warmstart._suggest import suggest_rename
 from warmstart.sources import list_variables
 from warmstart.sources import read_tensor
 
@@ -52,6 +54,7 @@ __all__ = (
     "PatternError",
     "Plan",
     "PlanError",
+    "RenameSuggestion",
     "Report",
     "VariableInfo",
     "WarmStartError",
@@ -63,6 +66,7 @@ __all__ = (
     "read_tensor",
     "resolve_checkpoint",
     "settings",
+    "suggest_rename",
 )
 
 

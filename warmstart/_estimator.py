@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Union
 import tensorflow as tf
 
 from warmstart import _apply, _checkpoint, _finetune, _freeze, _model_fn
-from warmstart._checkpoint import Source
+from warmstart._checkpoint import Source, VariableInfo
 from warmstart._errors import WarmStartError
 from warmstart._model_fn import ModelFnOrEstimator
 from warmstart._plan import FreezeSpec, Plan, Planner, ShapePolicies
@@ -72,7 +72,8 @@ def settings(source: Source, *, include: Patterns = ".*", exclude: Patterns = No
     source: a checkpoint prefix, directory, SavedModel directory or .npz file.
     include: regex or list of regexes over model variable names (fully matched).
     exclude: regex or list of regexes removed from what `include` selected.
-    rename: {model_name_pattern: checkpoint_name_template} or a list of pairs.
+    rename: {model_name_pattern: checkpoint_name_template}, a list of pairs, or a function
+      model_name -> checkpoint_name or None (None: not renamed); see `suggest_rename`.
     vocab: {model_variable_name: tf.estimator.VocabInfo}, passed through to TF.
     optimizer_state: 'reset' (optimizer slots, beta powers and global_step keep their
       initializers) or 'keep'.
@@ -330,20 +331,9 @@ def plan_model(planner: Planner, target: ModelFnOrEstimator, *, params: Optional
                input_fn: Optional[Callable[[], Any]],
                fine_tuning: Optional[_finetune.FineTuning] = None) -> Plan:
   """`warmstart.plan` against a model_fn or Estimator: builds its training graph, then plans."""
-  if input_fn is None:
-    raise WarmStartError("plan() needs input_fn to build the graph of a model_fn or Estimator "
-                         "target (or pass a checkpoint of the target model instead)")
   with tf.Graph().as_default():
-    tf.compat.v1.train.get_or_create_global_step()  # as Estimator does before the model_fn
-    features, labels = _input(input_fn)
-    model_fn = target
-    if isinstance(target, tf.estimator.Estimator):
-      params = target.params if params is None else params
-      config = config or target.config
-      model_fn = target.model_fn
-    elif not callable(target):
-      raise WarmStartError("plan() target must be a checkpoint path, a model_fn or an "
-                           "Estimator; got %s %r" % (type(target).__name__, target))
+    model_fn, features, labels, params, config = _training_inputs("plan", target, input_fn,
+                                                                  params, config)
     _, graph = _freeze.build_train_spec(
         model_fn, features, labels, tf.estimator.ModeKeys.TRAIN, params or {},
         config or tf.estimator.RunConfig(),
@@ -351,6 +341,39 @@ def plan_model(planner: Planner, target: ModelFnOrEstimator, *, params: Optional
     result = planner.plan([info for info, _ in _apply.graph_variables().values()])
     graph.update(result.report)
     return result
+
+
+def model_variables(target: ModelFnOrEstimator, *, input_fn: Optional[Callable[[], Any]],
+                    params: Optional[dict] = None,
+                    config: Optional[tf.estimator.RunConfig] = None) -> list[VariableInfo]:
+  """The variables a model_fn or Estimator creates for training, in creation order."""
+  with tf.Graph().as_default():
+    model_fn, features, labels, params, config = _training_inputs(
+        "suggest_rename", target, input_fn, params, config)
+    _model_fn.call_model_fn(model_fn, features, labels, tf.estimator.ModeKeys.TRAIN,
+                            params or {}, config or tf.estimator.RunConfig())
+    return [info for info, _ in _apply.graph_variables().values()]
+
+
+def _training_inputs(caller, target, input_fn, params, config):
+  """(model_fn, features, labels, params, config) to build `target`'s training graph with.
+
+  Creates the global step first, as Estimator does before calling the model_fn.
+  """
+  if input_fn is None:
+    raise WarmStartError("%s() needs input_fn to build the graph of a model_fn or Estimator "
+                         "target (or pass a checkpoint of the target model instead)" % caller)
+  tf.compat.v1.train.get_or_create_global_step()
+  features, labels = _input(input_fn)
+  model_fn = target
+  if isinstance(target, tf.estimator.Estimator):
+    params = target.params if params is None else params
+    config = config or target.config
+    model_fn = target.model_fn
+  elif not callable(target):
+    raise WarmStartError("%s() target must be a checkpoint path, a model_fn or an "
+                         "Estimator; got %s %r" % (caller, type(target).__name__, target))
+  return model_fn, features, labels, params, config
 
 
 def _input(input_fn):
