@@ -82,14 +82,28 @@ def _with_numbers(a_parts: list[str], b_parts: list[str], shared: Optional[str])
   """Proposals that copy the model name's numbers into the checkpoint name where they agree."""
   a_numbers = [(p, m) for p, part in enumerate(a_parts) for m in _DIGITS.finditer(part)]
   b_numbers = [(p, m) for p, part in enumerate(b_parts) for m in _DIGITS.finditer(part)]
-  options = [[None] + [x for x, (_, ma) in enumerate(a_numbers) if ma.group() == mb.group()]
+  options = [[x for x, (_, ma) in enumerate(a_numbers) if ma.group() == mb.group()]
              for _, mb in b_numbers]
-  combinations: Iterable[tuple] = itertools.product(*[list(reversed(o)) for o in options])
-  for choice in itertools.islice(combinations, _MAX_COMBINATIONS):
-    used = sorted({x for x in choice if x is not None})
-    if len(used) < sum(x is not None for x in choice):
-      continue  # one number copied to two places: a coincidence of values, not structure
+  for choice in itertools.islice(_monotone(options, 0, -1), _MAX_COMBINATIONS):
+    used = sorted(x for x in choice if x is not None)
     yield _build(a_parts, b_parts, shared, a_numbers, b_numbers, used, choice)
+
+
+def _monotone(options: list[list[int]], start: int, last: int):
+  """Choices of a model number (or None) per checkpoint number, copied in the same order.
+
+  Structure keeps order (`block2/unit_3` <-> `conv3_block2` copies unit before nothing else out
+  of order), so numbers copied out of order or twice are coincidences of value, not proposed.
+  """
+  if start == len(options):
+    yield ()
+    return
+  for x in options[start]:
+    if x > last:
+      for rest in _monotone(options, start + 1, x):
+        yield (x, *rest)
+  for rest in _monotone(options, start + 1, last):
+    yield (None, *rest)
 
 
 def _build(a_parts, b_parts, shared, a_numbers, b_numbers, used, choice):

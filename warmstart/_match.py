@@ -210,12 +210,34 @@ def _word_similarity(a: _Name, b: _Name, idf: dict[str, float]) -> float:
   return 2 * common / total if total else 0.0
 
 
-def _order_evidence(model: Sequence[_Name], ckpt: Sequence[_Name]):
+def _numbered_order(names: Sequence[_Name]) -> bool:
+  """Whether names in natural order are mostly ordered by numbers, not by words.
+
+  `conv2d_17` < `conv2d_18`, `layer_with_weights-3` < `-4`, `Mixed_6b` < `Mixed_6c` carry the
+  model's structure; `left` < `right` or `key` < `query` only the alphabet, which is no evidence.
+  """
+  keys = [natural_key(_strip(n.info.name)) for n in names]
+  numbered = 0
+  for a, b in zip(keys, keys[1:]):
+    k = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if k is None:
+      continue
+    x, y = a[k], b[k]
+    if isinstance(x, int) and isinstance(y, int):
+      numbered += 1
+    elif k and isinstance(a[k - 1], int) and x[:1].isalpha() and y[:1].isalpha() and (
+        x[1:2] in ("", "/", "_", "-", ".") and y[1:2] in ("", "/", "_", "-", ".")):
+      numbered += 1  # a letter index after a number: `5b`, `5c`
+  return numbered * 2 >= len(keys) - 1
+
+
+def _order_evidence(model: Sequence[_Name], ckpt: Sequence[_Name], model_ordered: bool):
   """{(model name, ckpt name): evidence in [0, 1]} from aligning each class's sequences.
 
   A class is the tensors of one kind and leaf word, in each side's order; two of them may align
   if their shape, dtype and kind agree. Evidence is 1 for a pair on every longest alignment,
-  1/k when one of the two could align with k partners on some longest alignment.
+  1/k when one of the two could align with k partners on some longest alignment. A class whose
+  names are ordered by words rather than numbers gives none.
   """
   classes: dict[tuple, tuple[list, list]] = collections.defaultdict(lambda: ([], []))
   for n in model:
@@ -228,6 +250,8 @@ def _order_evidence(model: Sequence[_Name], ckpt: Sequence[_Name]):
       continue
     a = sorted(a, key=lambda n: n.order)
     b = sorted(b, key=lambda n: n.order)
+    if not (model_ordered or _numbered_order(a)) or not _numbered_order(b):
+      continue
     ka = [n.group for n in a]
     kb = [n.group for n in b]
     rows, cols = len(a), len(b)
@@ -334,7 +358,7 @@ def match(model: Sequence[Any], checkpoint: Sequence[Any], *, model_ordered: boo
   model_names = _analyse([v for v in model if v.kind in MATCHED_KINDS], model_ordered)
   ckpt_names = _analyse([v for v in checkpoint if v.kind in MATCHED_KINDS], False, aliases)
   idf = _idf(model_names, ckpt_names)
-  order = _order_evidence(model_names, ckpt_names)
+  order = _order_evidence(model_names, ckpt_names, model_ordered)
   groups: dict[tuple, tuple[list[_Name], list[_Name]]] = collections.defaultdict(
       lambda: ([], []))
   for n in model_names:

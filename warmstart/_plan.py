@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
-from warmstart import _checkpoint, _finetune, _kinds, _rename, _select, sources
+from warmstart import _checkpoint, _finetune, _hints, _kinds, _rename, _select, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 from warmstart._rename import Rules
@@ -317,8 +317,11 @@ class Planner:
               name, _shape(variable.shape), ckpt_name, _shape(source.shape), name, name)))
     return _Decision(variable, LOAD, ckpt_name, "", rule)
 
-  def plan(self, model_variables: Sequence[VariableInfo], resumed_from=None) -> Plan:
+  def plan(self, model_variables: Sequence[VariableInfo], resumed_from=None,
+           target_hint: str = "") -> Plan:
     """Plans the warm start of `model_variables`.
+
+    `target_hint` names the target in error messages that suggest a command.
 
     Raises:
       PlanError: listing every problem (unused patterns and rules, mismatches, ...); its
@@ -375,10 +378,9 @@ class Planner:
     report.frozen = [v.name for v in model_variables if self.freezes and self.is_frozen(v)]
     report.problems = problems
     if problems:
-      raise PlanError(
-          "cannot warm-start from %s (%d problem%s):\n%s" % (
-              self.source.prefix, len(problems), "" if len(problems) == 1 else "s",
-              "\n".join("  - " + p for p in problems)), problems, report)
+      raise PlanError(_hints.plan_error_message(
+          self.source.prefix, problems, selected, self.source_variables, bool(self.rules),
+          target_hint), problems, report)
     assignments = tuple(
         Assignment(d.variable.name, d.checkpoint_name, self.vocab.get(d.variable.name))
         for d in decisions if d.action == LOAD)
@@ -479,7 +481,8 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
                                      unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
   if isinstance(target, (str, os.PathLike, CheckpointRef)):
     variables = sources.list_variables(target)
-    result = planner.plan(variables)
+    result = planner.plan(variables, target_hint=os.fspath(
+        target.prefix if isinstance(target, CheckpointRef) else target))
     _finetune.by_name(variables, planner.is_frozen if planner.freezes else None,
                       fine_tuning).update(result.report)
     return result

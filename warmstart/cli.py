@@ -11,6 +11,11 @@ Usage:
       (and why) and leave missing; nothing is trained. Rename rules map model (TARGET) names
       to SRC names.
 
+  warmstart suggest --from SRC --to TARGET_CKPT [--json]
+      Rename rules that map the model saved in TARGET_CKPT onto SRC's differently named
+      tensors, printed as --rename flags to paste after 'warmstart plan --from SRC --to
+      TARGET_CKPT' (then, as comments, what stays unmatched and why).
+
   warmstart diff A B [--include RE]... [--exclude RE]... [--atol X] [--rtol Y]
                  [--expect-same RE]... [--expect-changed RE]... [--values NAME]...
                  [--rename 'PATTERN=TEMPLATE']... [--json]
@@ -30,6 +35,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -37,14 +43,15 @@ from absl import app, flags
 
 import warmstart
 from warmstart import _select, sources
+from warmstart import _suggest as _suggest_module
 
 _INCLUDE = flags.DEFINE_multi_string(
     "include", None, "Regex (fully matched) of tensor / variable names to take; repeatable.")
 _EXCLUDE = flags.DEFINE_multi_string(
     "exclude", None, "Regex of names to leave out; repeatable.")
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of text.")
-_FROM = flags.DEFINE_string("from", None, "plan: the checkpoint to warm-start from.")
-_TO = flags.DEFINE_string("to", None, "plan: a checkpoint of the model to warm-start.")
+_FROM = flags.DEFINE_string("from", None, "plan, suggest: the checkpoint to warm-start from.")
+_TO = flags.DEFINE_string("to", None, "plan, suggest: a checkpoint of the model to warm-start.")
 _RENAME = flags.DEFINE_multi_string(
     "rename", None, "'PATTERN=TEMPLATE': plan: model names matching PATTERN read the checkpoint "
     "tensor TEMPLATE (\\1 for groups); diff: B names matching PATTERN are compared with A's "
@@ -74,8 +81,9 @@ _COMMAND_FLAGS = {
              _JSON),
     "diff": (_INCLUDE, _EXCLUDE, _ATOL, _RTOL, _EXPECT_SAME, _EXPECT_CHANGED, _VALUES, _RENAME,
              _JSON),
+    "suggest": (_FROM, _TO, _JSON),
 }
-_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B")}
+_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B"), "suggest": ()}
 _OWN_FLAGS = sorted({holder.name for holders in _COMMAND_FLAGS.values() for holder in holders})
 _HELP = ("-h", "-help", "--help", "--helpshort", "-?", "help")
 
@@ -124,7 +132,7 @@ def _parse_flags(argv):
 
 def _check_usage(command, args):
   if command not in _COMMAND_FLAGS:
-    raise _Trouble("unknown command %r; the commands are ls, plan and diff (see --help)"
+    raise _Trouble("unknown command %r; the commands are ls, plan, suggest and diff (see --help)"
                    % command)
   allowed = {holder.name for holder in _COMMAND_FLAGS[command]}
   for name in _OWN_FLAGS:
@@ -239,6 +247,30 @@ def _plan():
 
 
 # ------------------------------------------------------------------------------------------
+# suggest
+
+
+def _suggest():
+  if not _FROM.value or not _TO.value:
+    raise _Trouble("'suggest' needs --from SRC and --to TARGET_CKPT")
+  suggestion = warmstart.suggest_rename(_FROM.value, _TO.value)
+  if _JSON.value:
+    _print_json(suggestion.to_dict())
+    return EXIT_SAME
+  # Flags first, so the whole output pastes after `warmstart plan --from SRC --to TARGET \`;
+  # the rest as shell comments, harmless when pasted along.
+  for line in _suggest_module.shell_lines(suggestion):
+    print(line)
+  print("# warmstart suggest: " + suggestion.summary())
+  if suggestion.rules or suggestion.exclude:
+    print("# the flags above go after: warmstart plan --from %s --to %s" % (
+        shlex.quote(_FROM.value), shlex.quote(_TO.value)))
+  for line in suggestion.unmatched_lines():
+    print("# " + line)
+  return EXIT_SAME
+
+
+# ------------------------------------------------------------------------------------------
 # diff
 
 
@@ -337,7 +369,7 @@ def _diff(path_a, path_b):
 def main(argv):
   """Runs one command; returns the exit status (0 same, 1 different, 2 trouble)."""
   if len(argv) < 2:
-    sys.stderr.write(_error_line("no command given; usage: warmstart ls|plan|diff ... "
+    sys.stderr.write(_error_line("no command given; usage: warmstart ls|plan|suggest|diff ... "
                                  "(see --help)"))
     return EXIT_TROUBLE
   command, args = argv[1], argv[2:]
@@ -350,6 +382,8 @@ def main(argv):
       return _ls(*args)
     if command == "plan":
       return _plan()
+    if command == "suggest":
+      return _suggest()
     return _diff(*args)
   except (_Trouble, warmstart.WarmStartError) as err:
     sys.stderr.write(_error_line(err))
