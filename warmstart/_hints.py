@@ -49,7 +49,7 @@ def consistent_change(wanted: Sequence[tuple[str, tuple[int, ...]]],
   votes: collections.Counter = collections.Counter()
   example: dict[tuple, tuple[str, str]] = {}
   for name, shape in wanted:
-    keys = {}
+    keys: dict[tuple, str] = {}
     tokens = _tokens(name)
     for i in range(0, len(tokens), 2):
       for other, token in index.get((*tokens[:i], "\0", *tokens[i + 1:]), ()):
