@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
-from warmstart import _checkpoint, _induce, _match
+from warmstart import _bundle, _checkpoint, _induce, _match, _wire, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 
 logger = logging.getLogger(__name__)
@@ -130,38 +130,10 @@ def shell_lines(suggestion: RenameSuggestion) -> list[str]:
 # TF2 object-based checkpoints: the names the variables had when they were saved.
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-  value = shift = 0
-  while True:
-    if pos >= len(data) or shift > 63:
-      raise ValueError("truncated varint")
-    byte = data[pos]
-    pos += 1
-    value |= (byte & 0x7F) << shift
-    shift += 7
-    if not byte & 0x80:
-      return value, pos
-
-
-def _fields(data: bytes):
-  """(field number, value) of a protobuf message; value is bytes for length-delimited fields."""
-  pos = 0
-  while pos < len(data):
-    key, pos = _varint(data, pos)
-    number, wire = key >> 3, key & 7
-    value: Union[int, bytes]
-    if wire == 0:
-      value, pos = _varint(data, pos)
-    elif wire == 1:
-      value, pos = data[pos:pos + 8], pos + 8
-    elif wire == 2:
-      size, pos = _varint(data, pos)
-      value, pos = data[pos:pos + size], pos + size
-    elif wire == 5:
-      value, pos = data[pos:pos + 4], pos + 4
-    else:
-      raise ValueError("unsupported wire type %d" % wire)
-    yield number, value
+def _text(fields: _wire.Fields, number: int) -> str:
+  """A string field (the last occurrence wins, as in protobuf); '' when absent."""
+  values = [v for _, v in fields.get(number, ()) if isinstance(v, bytes)]
+  return values[-1].decode("utf-8", "replace") if values else ""
 
 
 def saved_names(ref: CheckpointRef) -> dict[str, str]:
@@ -173,22 +145,21 @@ def saved_names(ref: CheckpointRef) -> dict[str, str]:
   if ref.kind == _checkpoint.NPZ:
     return {}
   try:
-    with _checkpoint.Reader(ref) as reader:
-      value = reader.read(_OBJECT_GRAPH)
-    data = value.item() if hasattr(value, "item") else value
+    index = _bundle.read_index(ref.prefix)
+    entry = index.entries.get(_OBJECT_GRAPH)
+    if entry is None:
+      return {}
+    data = _bundle.decode_strings(entry, _bundle.read_tensor_bytes(index, entry,
+                                                                   verify_crc=True))[0]
     out = {}
-    for number, node in _fields(bytes(data)):
-      if number != 1:
-        continue
-      for field, attribute in _fields(node):
-        if field != 2:
-          continue
-        parts = dict(_fields(attribute))
-        full_name, key = parts.get(2, b"").decode(), parts.get(3, b"").decode()
+    what = "the object graph of %s" % ref.prefix
+    for node in _wire.messages(_wire.decode(data, what), 1, what):
+      for attribute in _wire.messages(node, 2, what):
+        full_name, key = _text(attribute, 2), _text(attribute, 3)
         if full_name and key:
           out[key] = full_name.split(":")[0]
     return out
-  except Exception as err:  # No object graph (a TF1 checkpoint), or one we cannot parse.
+  except (ValueError, OSError) as err:  # an object graph we cannot read: names only, then
     logger.debug("no object graph names in %s: %s", ref.prefix, err)
     return {}
 
@@ -230,10 +201,10 @@ def suggest_rename(source: Source, target: Union[Source, Callable[..., Any], Any
     >>> warmstart.plan("resnet_v2_50.ckpt", "my_resnet_init", rename=s.rules)
   """
   ref = _checkpoint.resolve_checkpoint(source, step)
-  checkpoint = _checkpoint.list_variables(ref)
+  checkpoint = sources.list_variables(ref)
   if isinstance(target, (str, os.PathLike, CheckpointRef)):
     target_ref = _checkpoint.resolve_checkpoint(target)
-    model = _checkpoint.list_variables(target_ref)
+    model = sources.list_variables(target_ref)
     target_text, ordered = target_ref.prefix, False
   else:
     from warmstart import _estimator  # TensorFlow: only to build a model_fn's graph
