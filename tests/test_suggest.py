@@ -320,3 +320,14 @@ def test_indistinguishable_candidates_are_left_unmatched_and_said_so(tmp_path):
   assert s.unmatched_model == ["net/p/kernel", "net/q/kernel"]
   assert "indistinguishable" in s.reasons["net/p/kernel"]
   assert loaded(warmstart.plan(source, target, rename=s.rules)) == s.mapping
+
+
+def test_readme_different_names_example_runs_verbatim(tmp_path, monkeypatch, capsys):
+  readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+  text = open(readme).read()
+  section = text[text.index("## Different names"):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  shown = re.search(r"`print\(s\)` shows:\n\n```\n(.*?)```", section, re.S).group(1)
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+  assert shown.strip() in capsys.readouterr().out

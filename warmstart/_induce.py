@@ -10,6 +10,7 @@ Rules are emitted most specific first (the planner uses the first rule that matc
 against every model name, and any name still renamed wrongly gets an exact rule of its own.
 """
 import bisect
+import collections
 import dataclasses
 import itertools
 import re
@@ -18,7 +19,7 @@ from typing import Optional, Union
 
 _DIGITS = re.compile(r"\d+")
 _LITERAL_PREFIX = re.compile(r"[^\\()\[.*+?{|^$]*")  # what a pattern's matches all start with
-_MAX_COMBINATIONS = 32
+_MAX_COMBINATIONS = 96
 
 
 @dataclasses.dataclass
@@ -57,8 +58,12 @@ def _common_run(a: list[str], b: list[str]) -> Optional[tuple[int, int, int]]:
   return best
 
 
-def _proposals(model_name: str, checkpoint_name: str) -> Iterable[tuple[str, str]]:
-  """(pattern, template) pairs that rename `model_name` to `checkpoint_name`."""
+def _proposals(model_name: str, checkpoint_name: str,
+               constant: frozenset = frozenset()) -> Iterable[tuple[str, str]]:
+  """(pattern, template) pairs that rename `model_name` to `checkpoint_name`.
+
+  `constant`: name segments (`resnet_v2_50`) whose numbers are never copied.
+  """
   a, b = model_name.split("/"), checkpoint_name.split("/")
   runs: list[Optional[tuple[int, int, int]]] = [None]
   run = _common_run(a, b)
@@ -75,31 +80,41 @@ def _proposals(model_name: str, checkpoint_name: str) -> Iterable[tuple[str, str
                  ("/" if i + k < len(a) else "") + "/".join(a[i + k:])]
       b_parts = ["/".join(b[:j]) + ("/" if j else ""),
                  ("/" if j + k < len(b) else "") + "/".join(b[j + k:])]
-    yield from _with_numbers(a_parts, b_parts, shared)
+    yield from _with_numbers(a_parts, b_parts, shared, constant)
 
 
-def _with_numbers(a_parts: list[str], b_parts: list[str], shared: Optional[str]):
+def _with_numbers(a_parts: list[str], b_parts: list[str], shared: Optional[str],
+                  constant: frozenset):
   """Proposals that copy the model name's numbers into the checkpoint name where they agree."""
   a_numbers = [(p, m) for p, part in enumerate(a_parts) for m in _DIGITS.finditer(part)]
   b_numbers = [(p, m) for p, part in enumerate(b_parts) for m in _DIGITS.finditer(part)]
-  options = [[x for x, (_, ma) in enumerate(a_numbers) if ma.group() == mb.group()]
-             for _, mb in b_numbers]
+  options = [[] if _segment_at(b_parts[q], mb.start()) in constant else
+             [x for x, (p, ma) in enumerate(a_numbers) if ma.group() == mb.group()
+              and _segment_at(a_parts[p], ma.start()) not in constant]
+             for q, mb in b_numbers]
   for choice in itertools.islice(_monotone(options, 0, -1), _MAX_COMBINATIONS):
-    used = sorted(x for x in choice if x is not None)
+    used = sorted({x for x in choice if x is not None})
     yield _build(a_parts, b_parts, shared, a_numbers, b_numbers, used, choice)
+
+
+def _segment_at(text: str, position: int) -> str:
+  start = text.rfind("/", 0, position) + 1
+  end = text.find("/", position)
+  return text[start:] if end < 0 else text[start:end]
 
 
 def _monotone(options: list[list[int]], start: int, last: int):
   """Choices of a model number (or None) per checkpoint number, copied in the same order.
 
-  Structure keeps order (`block2/unit_3` <-> `conv3_block2` copies unit before nothing else out
-  of order), so numbers copied out of order or twice are coincidences of value, not proposed.
+  Structure keeps order (`block2/unit_3` <-> `conv2_block3`), so numbers copied out of order
+  are coincidences of value, not proposed; one number may be copied twice (`block2_conv1` <->
+  `conv2/conv2_1`).
   """
   if start == len(options):
     yield ()
     return
   for x in options[start]:
-    if x > last:
+    if x >= last:
       for rest in _monotone(options, start + 1, x):
         yield (x, *rest)
   for rest in _monotone(options, start + 1, last):
@@ -193,9 +208,15 @@ def induce(mapping: Mapping[str, str], model_names: Sequence[str]) -> list[tuple
   if not todo:
     return []
   names = list(expected)
+  # Segments nearly every checkpoint name has (`resnet_v2_50`, `bottleneck_v2`): their numbers
+  # are part of a name, not a numbered scope.
+  constant: frozenset[str] = frozenset()
+  for side in (todo.keys(), todo.values()):
+    segments = collections.Counter(part for name in side for part in set(name.split("/")))
+    constant |= {p for p, n in segments.items() if n >= 2 and n >= 0.9 * len(todo)}
   candidates: dict[tuple[str, str], _Candidate] = {}
   for t, s in todo.items():
-    for pattern, template in _proposals(t, s):
+    for pattern, template in _proposals(t, s, constant):
       if (pattern, template) not in candidates:
         candidates[(pattern, template)] = _Candidate(pattern, template, re.compile(pattern))
   names = sorted(names)
