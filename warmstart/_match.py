@@ -25,6 +25,7 @@ How a careful person matches `resnet_v2_50/block1/unit_2/bottleneck_v2/conv1/wei
 """
 import collections
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -331,12 +332,13 @@ class Match:
   Attributes:
     mapping: model name -> checkpoint name, in model order.
     scores: model name -> score of its pair.
-    ambiguous: model name -> the checkpoint names it could equally well read.
+    ambiguous: model name -> (checkpoint names, model names): those variables could read those
+      tensors equally well.
     weak: model name -> (best candidate, its score) when that was too weakly supported.
   """
   mapping: dict[str, str]
   scores: dict[str, float]
-  ambiguous: dict[str, list[str]]
+  ambiguous: dict[str, tuple[list[str], list[str]]]
   weak: dict[str, tuple[str, float]]
 
 
@@ -406,12 +408,14 @@ def match(model: Sequence[Any], checkpoint: Sequence[Any], *, model_ordered: boo
       rivals = [k for k in range(len(ss)) if k != j and (
           score[i, k] + (score[taken[k], j] if k in taken else 0.0)
           >= score[i, j] + (score[taken[k], k] if k in taken else 0.0) - _TIE)]
-      # An unassigned model variable that could read this tensor just as well.
-      rivals += [len(ss) + r for r in range(len(ts)) if r not in assigned
-                 and score[r, j] >= score[i, j] - _TIE]
-      if rivals:
-        result.ambiguous[ts[i].name] = [ss[k].name if k < len(ss) else ts[k - len(ss)].name
-                                        for k in [j, *rivals]]
+      # Unassigned model variables that could read this tensor just as well.
+      others = [r for r in range(len(ts)) if r not in assigned
+                and score[r, j] >= score[i, j] - _TIE]
+      if rivals or others:
+        tensors = [ss[k].name for k in [j, *rivals]]
+        variables = [ts[r].name for r in [i, *others]]
+        for name in variables:
+          result.ambiguous[name] = (tensors, variables)
         continue
       alone = len(ts) == 1 and len(ss) == 1
       if score[i, j] < (_MIN_SCORE_ALONE if alone else _MIN_SCORE):
@@ -431,9 +435,14 @@ def _assign(score: np.ndarray) -> list[tuple[int, int]]:
   return list(zip(rows.tolist(), cols.tolist()))
 
 
+@functools.lru_cache(maxsize=4096)
+def _words_of(name: str) -> _Name:
+  return _analyse([_Info(name)], False)[0]
+
+
 def name_similarity(a: str, b: str) -> float:
   """Similarity of two names' words (for 'closest name' hints), in [0, 1]."""
-  x, y = (_analyse([_Info(a)], False)[0], _analyse([_Info(b)], False)[0])
+  x, y = _words_of(a), _words_of(b)
   idf = {w: 1.0 for w in set(x.words) | set(y.words)}
   return _word_similarity(x, y, idf)
 
@@ -448,5 +457,4 @@ class _Info:
 
 def closest(name: str, candidates: Sequence[str]) -> Optional[str]:
   """The candidate whose words are most like `name`'s, or None."""
-  best = max(candidates, key=lambda c: (name_similarity(name, c), c), default=None)
-  return best
+  return max(candidates, key=lambda c: (name_similarity(name, c), c), default=None)

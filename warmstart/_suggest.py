@@ -240,9 +240,11 @@ def _suggest(ref: CheckpointRef, checkpoint: Sequence[VariableInfo],
 def _reason(variable: VariableInfo, found: _match.Match, free: Sequence[VariableInfo],
             readable: Sequence[VariableInfo]) -> str:
   if variable.name in found.ambiguous:
-    others = found.ambiguous[variable.name]
-    return ("indistinguishable: it could read %s equally well (same shape; names, numbered "
-            "scopes and order give no preference), so none is suggested" % " or ".join(others))
+    tensors, variables = found.ambiguous[variable.name]
+    who = "it" if len(variables) == 1 else " and ".join(variables)
+    return ("indistinguishable: %s could read %s equally well (same shape; names, numbered "
+            "scopes and order give no preference), so none is suggested" % (
+                who, " or ".join(tensors)))
   if variable.name in found.weak:
     best, score = found.weak[variable.name]
     return ("the only same-shaped candidate, %s, shares too little of its name or position to "
