@@ -64,7 +64,7 @@ def slim_nets():
       sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules.setdefault("tf_keras.legacy_tf_layers.normalization", normalization)
     import tf_slim as slim
-    from tf_slim.nets import inception_v3, resnet_v2
+    from tf_slim.nets import inception_v3, resnet_v1, resnet_v2, vgg
   except ImportError as err:
     print("tf-slim not installed (%s): slim pairs skipped" % err)
     return {}
@@ -76,7 +76,16 @@ def slim_nets():
   def inception():
     with slim.arg_scope(inception_v3.inception_v3_arg_scope()):
       inception_v3.inception_v3(tf.compat.v1.placeholder(tf.float32, [1, 299, 299, 3]), 1001)
-  return {"resnet_v2_50": graph_variables(resnet), "inception_v3": graph_variables(inception)}
+
+  def resnet1():  # slim's released resnet_v1 and vgg checkpoints have 1000 classes
+    with slim.arg_scope(resnet_v1.resnet_arg_scope()):
+      resnet_v1.resnet_v1_50(tf.compat.v1.placeholder(tf.float32, [1, 224, 224, 3]), 1000)
+
+  def vgg16():
+    with slim.arg_scope(vgg.vgg_arg_scope()):
+      vgg.vgg_16(tf.compat.v1.placeholder(tf.float32, [1, 224, 224, 3]), 1000)
+  return {"resnet_v2_50": graph_variables(resnet), "inception_v3": graph_variables(inception),
+          "resnet_v1_50": graph_variables(resnet1), "vgg_16": graph_variables(vgg16)}
 
 
 def keras_weights(model):
@@ -104,6 +113,32 @@ def slim_resnet_to_keras(name):
   if name.startswith("postnorm/"):
     return "post_bn/" + name.split("/")[1]
   return None
+
+
+def slim_resnet_v1_to_keras(name):
+  """resnet_v1_50/block1/unit_1/bottleneck_v1/shortcut/BatchNorm/beta -> conv2_block1_0_bn/beta."""
+  name = name[len("resnet_v1_50/"):]
+  match = re.fullmatch(r"block(\d)/unit_(\d+)/bottleneck_v1/(shortcut|conv(\d))/(BatchNorm/)?(\w+)",
+                       name)
+  if match:
+    block, unit, _, conv, norm, leaf = match.groups()
+    return "conv%d_block%s_%s_%s/%s" % (int(block) + 1, unit, conv or "0", "bn" if norm else "conv",
+                                        "kernel" if leaf == "weights" else leaf)
+  if name == "conv1/weights":
+    return "conv1_conv/kernel"
+  if name.startswith("conv1/BatchNorm/"):
+    return "conv1_bn/" + name.split("/")[-1]
+  return {"logits/biases": "predictions/bias"}.get(name)
+
+
+def slim_vgg_to_keras(name):
+  """vgg_16/conv2/conv2_1/weights -> block2_conv1/kernel; fc6..fc8 biases -> fc1, fc2, predictions."""
+  leaf = {"weights": "kernel", "biases": "bias"}
+  match = re.fullmatch(r"vgg_16/conv(\d)/conv\d_(\d)/(\w+)", name)
+  if match:
+    return "block%s_conv%s/%s" % (match.group(1), match.group(2), leaf[match.group(3)])
+  return {"vgg_16/fc6/biases": "fc1/bias", "vgg_16/fc7/biases": "fc2/bias",
+          "vgg_16/fc8/biases": "predictions/bias"}.get(name)
 
 
 def inception_truth(slim_triples, keras_triples):
@@ -222,7 +257,8 @@ def main():
   results = []
   slim = slim_nets()
   keras = {}
-  for name in ("ResNet50V2", "InceptionV3", "MobileNetV2", "DenseNet121", "EfficientNetB0"):
+  for name in ("ResNet50V2", "InceptionV3", "MobileNetV2", "DenseNet121", "EfficientNetB0",
+               "ResNet50", "VGG16"):
     tf.keras.backend.clear_session()
     keras[name] = getattr(tf.keras.applications, name)(weights=None)
   if slim:
@@ -240,11 +276,19 @@ def main():
                        slim["inception_v3"], truth))
     results.append(run("Keras InceptionV3 (auto-numbered) -> slim inception_v3",
                        slim["inception_v3"], inception, {s: k for k, s in truth.items()}))
+  if slim:
+    for slim_name, keras_name, translate in (("resnet_v1_50", "ResNet50", slim_resnet_v1_to_keras),
+                                             ("vgg_16", "VGG16", slim_vgg_to_keras)):
+      names = keras_weights(keras[keras_name])
+      known = {n for n, _, _ in names}
+      truth = {translate(n): n for n, _, _ in slim[slim_name] if translate(n) in known}
+      results.append(run("slim %s -> Keras %s" % (slim_name, keras_name), names,
+                         slim[slim_name], truth))
   tf1, hf, truth = bert_base()
   results.append(run("BERT-base TF1 -> HF-TF names", hf, tf1, truth))
   results.append(run("BERT-base HF-TF -> TF1 names", tf1, hf, {b: a for a, b in truth.items()}))
   with tempfile.TemporaryDirectory() as directory:
-    for name, model in keras.items():
+    for name, model in list(keras.items())[:5]:
       names, prefix, truth = tf2_object_pair(model, os.path.join(directory, name))
       checkpoint = [(v.name, v.shape, v.dtype) for v in warmstart.list_variables(prefix)]
       aliases = _suggest.saved_names(warmstart.resolve_checkpoint(prefix))
