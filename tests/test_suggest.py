@@ -21,6 +21,7 @@ from conftest import read, register_source, same_bits, write_checkpoint
 
 import warmstart
 from warmstart import _match, cli
+from warmstart._checkpoint import VariableInfo
 
 F32 = np.float32
 
@@ -331,3 +332,19 @@ def test_readme_different_names_example_runs_verbatim(tmp_path, monkeypatch, cap
   monkeypatch.chdir(tmp_path)
   exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
   assert shown.strip() in capsys.readouterr().out
+
+
+def test_synonyms_pair_words_that_name_the_same_parameter():
+  def infos(names, channels=5):
+    return [VariableInfo.make(n, (channels,), "float32") for n in names]
+  # Two same-shaped batch norms: only the words (with synonyms) and the numbers tell them apart.
+  model = infos(["features/bn1/moving_mean", "features/bn1/moving_variance", "features/bn1/gamma",
+                 "features/bn1/beta", "features/bn2/moving_mean", "features/bn2/gamma"])
+  checkpoint = infos(["net/norm_2/scale", "net/norm_1/running_var", "net/norm_1/offset",
+                      "net/norm_1/scale", "net/norm_1/running_mean", "net/norm_2/running_mean"])
+  assert _match.match(model, checkpoint).mapping == {
+      "features/bn1/moving_mean": "net/norm_1/running_mean",
+      "features/bn1/moving_variance": "net/norm_1/running_var",
+      "features/bn1/gamma": "net/norm_1/scale", "features/bn1/beta": "net/norm_1/offset",
+      "features/bn2/moving_mean": "net/norm_2/running_mean",
+      "features/bn2/gamma": "net/norm_2/scale"}

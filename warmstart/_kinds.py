@@ -23,9 +23,11 @@ _V1_SLOTS = (
 _KERAS_SLOT_PATH = re.compile(r"(^|.*/)training(_\d+)?/[A-Za-z]+\w*/.+")
 _STEP = re.compile(r"(^|.*/)(global_step|iter|iterations)(/\.ATTRIBUTES/VARIABLE_VALUE)?")
 _OPTIMIZER_SCALAR = re.compile(r"(^|.*/)(beta1_power|beta2_power)(_\d+)?")
+# `running_mean` / `running_var`: the same statistics as named by PyTorch-converted checkpoints
+# (`layer1.0.bn1.running_mean`), so that suggest_rename can pair them with `moving_mean`.
 _BATCHNORM = re.compile(
-    r"(^|.*/)(moving_mean|moving_variance|renorm_mean|renorm_stddev|renorm_stddev_weight"
-    r"|renorm_mean_weight)(/\.ATTRIBUTES/VARIABLE_VALUE)?")
+    r"(^|.*[/.])(moving_mean|moving_variance|running_mean|running_var|renorm_mean|renorm_stddev"
+    r"|renorm_stddev_weight|renorm_mean_weight)(/\.ATTRIBUTES/VARIABLE_VALUE)?")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64", "half", "float", "double",
                  "complex64", "complex128", "float8_e5m2", "float8_e4m3fn")
 
