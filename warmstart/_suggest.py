@@ -49,7 +49,9 @@ class RenameSuggestion:
   unmatched_checkpoint: list[str]
   reasons: dict[str, str]
   ignored: int = 0
-  shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict, repr=False)
+  model_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict, repr=False)
+  checkpoint_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict,
+                                                                    repr=False)
 
   @property
   def renamed(self) -> dict[str, str]:
@@ -65,9 +67,9 @@ class RenameSuggestion:
     return {
         "source": self.source, "target": self.target, "mapping": self.mapping,
         "rules": [list(rule) for rule in self.rules], "exclude": self.exclude,
-        "unmatched_model": [{"name": n, "shape": list(self.shapes.get(n, ())),
+        "unmatched_model": [{"name": n, "shape": list(self.model_shapes.get(n, ())),
                              "reason": self.reasons.get(n, "")} for n in self.unmatched_model],
-        "unmatched_checkpoint": [{"name": n, "shape": list(self.shapes.get("\0" + n, ()))}
+        "unmatched_checkpoint": [{"name": n, "shape": list(self.checkpoint_shapes.get(n, ()))}
                                  for n in self.unmatched_checkpoint],
         "matched": len(self.mapping), "renamed": len(self.renamed), "ignored": self.ignored}
 
@@ -88,13 +90,13 @@ class RenameSuggestion:
     if self.unmatched_model:
       lines.append("unmatched model variables (%d), left to their initializers:"
                    % len(self.unmatched_model))
-      lines.extend("  %s %s: %s" % (n, _shape(self.shapes.get(n, ())), self.reasons.get(n, ""))
-                   for n in self.unmatched_model)
+      lines.extend("  %s %s: %s" % (n, _shape(self.model_shapes.get(n, ())),
+                                    self.reasons.get(n, "")) for n in self.unmatched_model)
     if self.unmatched_checkpoint:
       shown = self.unmatched_checkpoint[:_SHOWN]
       lines.append("unmatched checkpoint tensors (%d): %s%s" % (
           len(self.unmatched_checkpoint),
-          ", ".join("%s %s" % (n, _shape(self.shapes.get("\0" + n, ()))) for n in shown),
+          ", ".join("%s %s" % (n, _shape(self.checkpoint_shapes.get(n, ()))) for n in shown),
           " ..." if len(self.unmatched_checkpoint) > len(shown) else ""))
     return lines
 
@@ -226,13 +228,13 @@ def _suggest(ref: CheckpointRef, checkpoint: Sequence[VariableInfo],
   unmatched_checkpoint = [v for v in readable if v.name not in used]
   exclude = [re.escape(v.name) for v in unmatched_model if v.name in by_name]
   rules = _induce.induce(found.mapping, [v.name for v in matched])
-  shapes = {v.name: v.shape for v in model}
-  shapes.update(("\0" + v.name, v.shape) for v in checkpoint)
   reasons = {v.name: _reason(v, found, unmatched_checkpoint, readable)
              for v in unmatched_model}
   suggestion = RenameSuggestion(ref.prefix, target, found.mapping, rules, exclude,
                                 [v.name for v in unmatched_model],
-                                [v.name for v in unmatched_checkpoint], reasons, ignored, shapes)
+                                [v.name for v in unmatched_checkpoint], reasons, ignored,
+                                {v.name: v.shape for v in model},
+                                {v.name: v.shape for v in checkpoint})
   logger.info("rename suggestion: %s", suggestion.summary())
   return suggestion
 
