@@ -14,6 +14,8 @@ from warmstart._checkpoint import VariableInfo
 from warmstart._checkpoint import resolve_checkpoint
 from warmstart._diff import DiffReport
 from warmstart._diff import diff
+from warmstart._drift import DriftReport
+from warmstart._drift import drift
 from warmstart._errors import CheckpointNotFoundError
 from warmstart._errors import CheckpointReadError
 from warmstart._errors import FreezeError
@@ -50,6 +52,7 @@ __all__ = (
     "CheckpointReadError",
     "CheckpointRef",
     "DiffReport",
+    "DriftReport",
     "FreezeError",
     "PatternError",
     "Plan",
@@ -59,6 +62,7 @@ __all__ = (
     "VariableInfo",
     "WarmStartError",
     "diff",
+    "drift",
     "estimator_from",
     "freeze",
     "list_variables",

@@ -22,11 +22,11 @@ import os
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from warmstart import _bundle, _checkpoint, _rename, _select, sources
+from warmstart import _bundle, _checkpoint, _drift, _rename, _select, sources
 from warmstart._errors import CheckpointReadError, PatternError, WarmStartError
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class TensorDiff:
     max_rel: max of |A - B| / |B| over the differing elements where B != 0; None if there are
       none.
     name_b: the tensor's name in B when `rename` mapped it, else None.
+    rel_change: ‖A − B‖ / ‖A‖ (Frobenius norms; inf if A is all zeros), the drift of B from A
+      (as `warmstart.drift` measures it); None for strings and where the statistics are unset.
   """
   name: str
   status: str
@@ -84,6 +86,7 @@ class TensorDiff:
   mean_abs: Optional[float] = None
   max_rel: Optional[float] = None
   name_b: Optional[str] = None
+  rel_change: Optional[float] = None
 
 
 def _json_number(value):
@@ -134,6 +137,25 @@ class DiffReport:
         failures.extend("%s %r: %s is %s" % (flag, pattern.text, t.name, t.status)
                         for t in matched if t.status != wanted)
     return failures
+
+  def plot(self, *, by: Optional[str] = None, max_rows: int = 40) -> Any:
+    """Draws the diff: horizontal bars of relative change per tensor or per layer, coloured by
+    status (identical, changed, shape / dtype differs, only in A / B).
+
+    Needs matplotlib (`pip install 'warmstart[plot]'`); nothing is shown on screen.
+
+    Args:
+      by: 'tensor', 'layer', or None: per tensor up to `max_rows` tensors, else per layer.
+      max_rows: rows drawn at most; the rest are folded into one row per status.
+
+    Returns:
+      A `matplotlib.figure.Figure` (save it with `.savefig(path)`).
+
+    Raises:
+      WarmStartError: matplotlib is not installed.
+    """
+    from warmstart import _plot  # pylint: disable=g-import-not-at-top
+    return _plot.plot_diff(self, by=by, max_rows=max_rows)
 
   def to_dict(self) -> dict:
     counts = {s: len(self.by_status(s)) for s in STATUSES}
@@ -199,15 +221,25 @@ class _Stats:
     self.num_different = 0
     self.max_rel: Optional[float] = None
     self.differs = False  # some bits differ (within tolerance or not)
+    # ‖A‖² and ‖A − B‖² for rel_change; the caller adds ‖A‖² of chunks it found bit-identical.
+    self.norms = dtype.kind in "fiuc"
+    self.sum_squares_a = 0.0
+    self.sum_squares_delta = 0.0
 
   def add(self, a: np.ndarray, b: np.ndarray):
     """Adds one chunk pair: 1-D arrays of equal length and dtype."""
     for start in range(0, a.size, _STATS_CHUNK):
       self._add(a[start:start + _STATS_CHUNK], b[start:start + _STATS_CHUNK])
 
+  def add_norm(self, a: np.ndarray):
+    """Adds ‖a‖² of a chunk of A whose bytes equal B's."""
+    if self.norms:
+      self.sum_squares_a += _sum_squares(a)
+
   def _add(self, a, b):
     same = _same_bits(a, b)
     num_same = int(np.count_nonzero(same))
+    self.add_norm(a)
     if num_same == same.size:
       return
     self.differs = True
@@ -221,6 +253,8 @@ class _Stats:
     if math.isinf(largest) and self.wide == np.float32:  # |A - B| beyond float32: use float64
       delta, magnitude = _abs_delta(a, b, np.float64, same if num_same else None)
       largest = float(np.max(delta))
+    if self.norms:
+      self.sum_squares_delta += _sum_squares(delta)
     self.max_abs = max(self.max_abs, largest, key=_nan_first)
     self.sum_abs += float(np.add.reduce(delta, dtype=np.float64))
     if self.atol or self.rtol:
@@ -242,6 +276,8 @@ class _Stats:
 
   def merge(self, other: "_Stats"):
     """Adds the statistics of other chunks of the same tensor."""
+    self.sum_squares_a += other.sum_squares_a
+    self.sum_squares_delta += other.sum_squares_delta
     if other.differs:
       self.differs = True
       self.max_abs = max(self.max_abs, other.max_abs, key=_nan_first)
@@ -256,7 +292,17 @@ class _Stats:
       return {"status": IDENTICAL}
     return dict(status=CHANGED if self.num_different else IDENTICAL,
                 num_different=self.num_different, max_abs=self.max_abs,
-                mean_abs=self.sum_abs / num_elements, max_rel=self.max_rel)
+                mean_abs=self.sum_abs / num_elements, max_rel=self.max_rel,
+                rel_change=_drift.relative_distance(self.sum_squares_delta, self.sum_squares_a)
+                if self.norms else None)
+
+
+def _sum_squares(x: np.ndarray) -> float:
+  """‖x‖² in float64 (|x|² summed for complex)."""
+  if x.dtype.kind == "c":
+    return float(np.sum(np.abs(x.astype(np.complex128)) ** 2))
+  wide = x.astype(np.float64)
+  return float(np.dot(wide, wide))
 
 
 def _abs_delta(a, b, wide, same):
@@ -283,10 +329,16 @@ def _compare_arrays(a: np.ndarray, b: np.ndarray, atol, rtol) -> dict:
   b = np.ascontiguousarray(b).reshape(-1)
   stats = _Stats(a.dtype, atol, rtol)
   step = max(1, _READ_CHUNK // max(1, a.dtype.itemsize))
+  equal = []
   for start in range(0, a.size, step):
     chunk_a, chunk_b = a[start:start + step], b[start:start + step]
     if chunk_a.tobytes() != chunk_b.tobytes():
       stats.add(chunk_a, chunk_b)
+    else:
+      equal.append(chunk_a)
+  if stats.differs:  # rel_change needs ‖A‖ over the equal chunks too
+    for chunk_a in equal:
+      stats.add_norm(chunk_a)
   return stats.result(a.size)
 
 
@@ -448,6 +500,17 @@ def _equal_bytes(buffer_a: _Buffer, buffer_b: _Buffer, count) -> bool:
               and np.array_equal(a[words:], b[words:]))
 
 
+def _equal_chunks_norm(side, entry, chunks, dtype, atol, rtol) -> _Stats:
+  """Worker: ‖A‖² of the chunks of a differing tensor whose bytes were equal (for rel_change)."""
+  stats = _Stats(dtype, atol, rtol)
+  buffer = bytearray(max(count for _, count in chunks))
+  for start, count in chunks:
+    view = memoryview(buffer)[:count]
+    side.read_into(entry, start, view)
+    stats.add_norm(np.frombuffer(view, dtype))
+  return stats
+
+
 def _chunk_stats(buffers, pair, dtype, count, atol, rtol) -> _Stats:
   """Worker: the statistics of one differing chunk pair; gives the buffers back."""
   try:
@@ -489,6 +552,7 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
   """
   dtype = entry_a.dtype
   pending.stats = _Stats(dtype, atol, rtol)
+  equal_chunks = []
   for start in range(0, entry_a.size, _READ_CHUNK):
     count = min(_READ_CHUNK, entry_a.size - start)
     pair = buffers.get()  # blocks while every buffer waits for a worker: bounded memory
@@ -501,9 +565,15 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
       raise
     if equal:
       buffers.put(pair)
+      equal_chunks.append((start, count))
       continue
     pending.parts.append(pool.submit(_chunk_stats, buffers, pair, dtype,
                                      count // dtype.itemsize, atol, rtol))
+  if pending.parts and equal_chunks and pending.stats.norms:
+    # Only a tensor that differs needs ‖A‖ of its equal chunks: read them again (rare: most
+    # tensors are equal or differ everywhere).
+    pending.parts.append(pool.submit(_equal_chunks_norm, side_a, entry_a, equal_chunks, dtype,
+                                     atol, rtol))
   if pending.parts:
     pending.parts.append(pool.submit(side_a.verify, entry_a))
     pending.parts.append(pool.submit(side_b.verify, entry_b))

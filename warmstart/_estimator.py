@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 
 import tensorflow as tf
 
-from warmstart import _apply, _checkpoint, _finetune, _freeze, _model_fn
+from warmstart import _apply, _checkpoint, _drift_live, _finetune, _freeze, _model_fn
 from warmstart._checkpoint import Source, VariableInfo
 from warmstart._errors import WarmStartError
 from warmstart._model_fn import ModelFnOrEstimator
@@ -202,7 +202,10 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
                    config: Optional[tf.estimator.RunConfig] = None,
                    check_finite: bool = False, freeze_batchnorm_stats: bool = True,
                    unfreeze_at: _finetune.UnfreezeAt = None,
-                   lr_multipliers: _finetune.LrMultipliers = None) -> tf.estimator.Estimator:
+                   lr_multipliers: _finetune.LrMultipliers = None,
+                   track_drift: _drift_live.TrackDrift = None,
+                   track_drift_max_bytes: Optional[int] = _drift_live.DEFAULT_MAX_BYTES
+                   ) -> tf.estimator.Estimator:
   """Builds an Estimator that warm-starts from a checkpoint once, and optionally fine-tunes.
 
   On the first training run the planned variables are initialized from `warm_start_from`
@@ -243,6 +246,14 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
       momentum, Adam, RMSProp and Adagrad is training them with `learning_rate * factor`. A
       factor of 0 freezes them (listed as frozen). Combine with `unfreeze_at` for "train the
       backbone from step N, at a tenth of the rate".
+    track_drift: True, or a regex / list of regexes of warm-started variables: write their drift
+      from the source, ‖w − w₀‖ / ‖w₀‖ per layer, as TensorBoard scalars
+      `warmstart/drift/<layer>` beside the loss, every `save_summary_steps` steps (the same
+      values `warmstart.drift` computes from the checkpoints later). Memory: a copy of each
+      tracked source tensor (as many bytes as those tensors; `warmstart ls` shows them), on the
+      device of its variable, plus float64 scratch while the values are computed.
+    track_drift_max_bytes: refuse a track_drift whose copies would take more than this many
+      bytes (default 512 MiB); None for no limit.
 
   The first pattern of `unfreeze_at` or `lr_multipliers` that matches a variable decides for
   it; a pattern that decides no variable the optimizer trains is an error.
@@ -268,6 +279,7 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
     raise WarmStartError("model_dir is required: the warm-started model trains there")
   model_dir = os.fspath(model_dir)
   _check_writable(model_dir)
+  drift_patterns = _drift_live.compile_track_drift(track_drift, track_drift_max_bytes)
   arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab, freeze=freeze,
                    on_shape_mismatch=on_shape_mismatch, optimizer_state=optimizer_state,
                    step=step, check_finite=check_finite)
@@ -302,6 +314,8 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
       if planner is None:
         logger.info("warm start NOT applied: training resumes from %s (%s)", resumed_from,
                     graph.describe())
+        if drift_patterns is not None:
+          logger.warning("track_drift: the warm-start source is gone, so drift is not tracked")
         return spec
       variables = _apply.graph_variables()
       plan = planner.plan([info for info, _ in variables.values()], resumed_from=resumed_from)
@@ -315,6 +329,11 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
       # Indented lines render as preformatted text in TensorBoard's Text tab.
       tf.compat.v1.summary.text(
           "warmstart_report", tf.constant("\n".join("    " + line for line in text.splitlines())))
+      if drift_patterns is not None:
+        hook = _drift_live.build_hook(plan, variables, planner.source_variables, drift_patterns,
+                                      track_drift_max_bytes, config)
+        if hook is not None:
+          spec = spec._replace(training_chief_hooks=(*spec.training_chief_hooks, hook))
       return spec
     return warm_started_model_fn
 

@@ -1,4 +1,4 @@
-"""warmstart: list checkpoints, dry-run warm starts and diff checkpoints.
+"""warmstart: list checkpoints, dry-run warm starts, diff checkpoints and measure drift.
 
 Usage:
   warmstart ls CKPT [--include RE]... [--exclude RE]... [--json]
@@ -18,18 +18,30 @@ Usage:
 
   warmstart diff A B [--include RE]... [--exclude RE]... [--atol X] [--rtol Y]
                  [--expect-same RE]... [--expect-changed RE]... [--values NAME]...
-                 [--rename 'PATTERN=TEMPLATE']... [--json]
+                 [--rename 'PATTERN=TEMPLATE']... [--json] [--plot OUT.png]
       Tensor by tensor: identical, changed (max |d|, mean |d|, differing elements, max
       relative d), shape_differs, dtype_differs, only_in_a, only_in_b. --expect-same and
       --expect-changed check that every tensor a regex matches is identical / changed;
-      --values prints a tensor of both sides; --rename maps B's names onto A's.
+      --values prints a tensor of both sides; --rename maps B's names onto A's; --plot draws
+      the relative change ||B - A|| / ||A|| of each tensor (or layer) coloured by status.
+
+  warmstart drift --from SRC --model_dir DIR [--logdir LOGDIR] [--include RE]...
+                  [--exclude RE]... [--rename 'PATTERN=TEMPLATE']... [--group RE] [--json]
+                  [--plot OUT.png]
+      How far the warm-started tensors of every checkpoint in DIR moved from SRC:
+      ||w - w0|| / ||w0|| per layer (or per --group: a regex whose first group names it),
+      written as TensorBoard scalars warmstart/drift/<group> to LOGDIR (default
+      DIR/warmstart_drift, so `tensorboard --logdir DIR` shows them beside the loss).
+
+--plot needs matplotlib: pip install 'warmstart[plot]'. The picture's type follows its
+extension (.png, .svg, .pdf); it is written whole or not at all.
 
 CKPT, SRC, A, B: a checkpoint prefix (dir/model.ckpt-100), a directory (its latest
 checkpoint), a SavedModel directory or a .npz file. Regexes match whole names
 ('mnist/hidden/.*'); flags may be repeated and written with '-' or '_'.
 
-Exit status, like diff(1): 0 identical / every expectation holds / plan is fine;
-1 differences / an expectation fails; 2 bad usage or unreadable input.
+Exit status, like diff(1): 0 identical / every expectation holds / plan is fine / drift
+measured; 1 differences / an expectation fails; 2 bad usage or unreadable input.
 """
 import json
 import logging
@@ -42,7 +54,7 @@ import time
 from absl import app, flags
 
 import warmstart
-from warmstart import _select, sources
+from warmstart import _plot, _select, sources
 from warmstart import _suggest as _suggest_module
 
 _INCLUDE = flags.DEFINE_multi_string(
@@ -50,12 +62,14 @@ _INCLUDE = flags.DEFINE_multi_string(
 _EXCLUDE = flags.DEFINE_multi_string(
     "exclude", None, "Regex of names to leave out; repeatable.")
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of text.")
-_FROM = flags.DEFINE_string("from", None, "plan, suggest: the checkpoint to warm-start from.")
+_FROM = flags.DEFINE_string(
+    "from", None, "plan, suggest, drift: the checkpoint to warm-start from (drift: that was "
+    "warm-started from).")
 _TO = flags.DEFINE_string("to", None, "plan, suggest: a checkpoint of the model to warm-start.")
 _RENAME = flags.DEFINE_multi_string(
     "rename", None, "'PATTERN=TEMPLATE': plan: model names matching PATTERN read the checkpoint "
     "tensor TEMPLATE (\\1 for groups); diff: B names matching PATTERN are compared with A's "
-    "TEMPLATE. Repeatable.")
+    "TEMPLATE; drift: as for plan (model = MODEL_DIR). Repeatable.")
 _OPTIMIZER_STATE = flags.DEFINE_enum(
     "optimizer_state", "reset", ["reset", "keep"],
     "plan: 'reset' leaves optimizer slots and the step to their initializers; 'keep' loads them.")
@@ -70,8 +84,21 @@ _EXPECT_CHANGED = flags.DEFINE_multi_string(
     "expect_changed", None, "diff: regex; every tensor it matches must be changed. Repeatable.")
 _VALUES = flags.DEFINE_multi_string(
     "values", None, "diff: print this tensor of A and of B. Repeatable.")
+_PLOT = flags.DEFINE_string(
+    "plot", None, "diff, drift: also draw the result into this picture (.png, .svg, .pdf); "
+    "needs matplotlib (pip install 'warmstart[plot]').")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "drift: the directory the warm-started model trained in.")
+_LOGDIR = flags.DEFINE_string(
+    "logdir", None, "drift: where to write the TensorBoard scalars (default: "
+    "MODEL_DIR/warmstart_drift).")
+_GROUP = flags.DEFINE_string(
+    "group", None, "drift: a regex (fully matched) whose first group names a tensor's group; "
+    "default: its layer (the name up to the last '/').")
 
 PROGRAM = "warmstart"
+# drift's default --logdir, inside --model_dir: TensorBoard shows it as a run beside training.
+_DRIFT_LOGDIR = "warmstart_drift"
 EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
 
 # Which of our flags each command takes (anything else given is a usage error).
@@ -80,10 +107,11 @@ _COMMAND_FLAGS = {
     "plan": (_FROM, _TO, _INCLUDE, _EXCLUDE, _RENAME, _OPTIMIZER_STATE, _ON_SHAPE_MISMATCH,
              _JSON),
     "diff": (_INCLUDE, _EXCLUDE, _ATOL, _RTOL, _EXPECT_SAME, _EXPECT_CHANGED, _VALUES, _RENAME,
-             _JSON),
+             _JSON, _PLOT),
     "suggest": (_FROM, _TO, _JSON),
+    "drift": (_FROM, _MODEL_DIR, _LOGDIR, _INCLUDE, _EXCLUDE, _RENAME, _GROUP, _JSON, _PLOT),
 }
-_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B"), "suggest": ()}
+_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B"), "suggest": (), "drift": ()}
 _OWN_FLAGS = sorted({holder.name for holders in _COMMAND_FLAGS.values() for holder in holders})
 _HELP = ("-h", "-help", "--help", "--helpshort", "-?", "help")
 
@@ -132,8 +160,8 @@ def _parse_flags(argv):
 
 def _check_usage(command, args):
   if command not in _COMMAND_FLAGS:
-    raise _Trouble("unknown command %r; the commands are ls, plan, suggest and diff (see --help)"
-                   % command)
+    raise _Trouble("unknown command %r; the commands are ls, plan, suggest, diff and drift "
+                   "(see --help)" % command)
   allowed = {holder.name for holder in _COMMAND_FLAGS[command]}
   for name in _OWN_FLAGS:
     if name not in allowed and flags.FLAGS[name].present:
@@ -317,6 +345,8 @@ def _read_values(report, names):
 
 
 def _diff(path_a, path_b):
+  if _PLOT.value:
+    _plot.check_plot_path(_PLOT.value)  # before the (possibly long) diff
   expect_same, expect_changed = _EXPECT_SAME.value or [], _EXPECT_CHANGED.value or []
   # Bad expectation regexes are usage errors: find them before the (possibly long) diff.
   warmstart.DiffReport("", "", []).check(expect_same, expect_changed)
@@ -335,8 +365,11 @@ def _diff(path_a, path_b):
   status = (EXIT_DIFFERENT if failures else EXIT_SAME) if expecting else (
       EXIT_SAME if report.identical else EXIT_DIFFERENT)
 
+  plot = _plot.save(report.plot(), _PLOT.value) if _PLOT.value else None
   if _JSON.value:
     data = report.to_dict()
+    if plot:
+      data["plot"] = plot
     if expecting:
       data["expectations"] = {"expect_same": expect_same, "expect_changed": expect_changed,
                               "failures": failures, "hold": not failures}
@@ -360,7 +393,41 @@ def _diff(path_a, path_b):
     total = len(expect_same) + len(expect_changed)
     print("expectations: %s" % ("%d failed" % len(failures) if failures else
                                 "all %d hold" % total))
+  if plot:
+    print("plot: %s" % plot)
   return status
+
+
+# ------------------------------------------------------------------------------------------
+# drift
+
+
+def _drift():
+  if not _FROM.value or not _MODEL_DIR.value:
+    raise _Trouble("'drift' needs --from SRC (the warm-start source) and --model_dir DIR (where "
+                   "the warm-started model trained)")
+  if _PLOT.value:
+    _plot.check_plot_path(_PLOT.value)
+  report = warmstart.drift(_FROM.value, _MODEL_DIR.value, include=_INCLUDE.value,
+                           exclude=_EXCLUDE.value, rename=_rename_rules(_RENAME.value),
+                           group=_GROUP.value)
+  events = report.write_summaries(
+      _LOGDIR.value or os.path.join(_MODEL_DIR.value, _DRIFT_LOGDIR))
+  plot = _plot.save(report.plot(), _PLOT.value) if _PLOT.value else None
+  if _JSON.value:
+    data = report.to_dict()
+    data["summaries"] = events
+    if plot:
+      data["plot"] = plot
+    _print_json(data)
+    return EXIT_SAME
+  print(report)
+  print("TensorBoard scalars warmstart/drift/<group>: %s" % events)
+  print("  see them: tensorboard --logdir %s" % (
+      _MODEL_DIR.value if _LOGDIR.value is None else os.path.dirname(events)))
+  if plot:
+    print("plot: %s" % plot)
+  return EXIT_SAME
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,8 +436,8 @@ def _diff(path_a, path_b):
 def main(argv):
   """Runs one command; returns the exit status (0 same, 1 different, 2 trouble)."""
   if len(argv) < 2:
-    sys.stderr.write(_error_line("no command given; usage: warmstart ls|plan|suggest|diff ... "
-                                 "(see --help)"))
+    sys.stderr.write(_error_line("no command given; usage: warmstart "
+                                 "ls|plan|suggest|diff|drift ... (see --help)"))
     return EXIT_TROUBLE
   command, args = argv[1], argv[2:]
   if not flags.FLAGS["verbosity"].present:
@@ -384,6 +451,8 @@ def main(argv):
       return _plan()
     if command == "suggest":
       return _suggest()
+    if command == "drift":
+      return _drift()
     return _diff(*args)
   except (_Trouble, warmstart.WarmStartError) as err:
     sys.stderr.write(_error_line(err))
