@@ -500,8 +500,10 @@ def drift(source: Source, model_dir: str, *, include: _select.Patterns = None,
     tracked, left_out = _check_pairs({n: s for n, s in pairs.items() if n in selected}, model,
                                      source_reader.variables, group_of)
     if not tracked:
-      raise WarmStartError("no tensor of %s can be compared with source %s: %s" % (
-          model_dir, source_ref.prefix, "; ".join("%s: %s" % item for item in left_out[:5])))
+      raise WarmStartError(
+          "source %s shares no tensor with the checkpoints in %s that can be compared (paired "
+          "by %s): %s%s" % (source_ref.prefix, model_dir, paired_by, "; ".join(
+              "%s: %s" % item for item in left_out[:5]), " ..." if len(left_out) > 5 else ""))
     logger.info("drift of %d tensors (paired by %s) over %d checkpoints of %s", len(tracked),
                 paired_by, len(refs), model_dir)
     tensors = [_measure(name, source_name, group_name, source_reader, readers)

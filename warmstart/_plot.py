@@ -283,6 +283,8 @@ def plot_drift(report: "_drift.DriftReport", *, top: int = 8) -> Any:
     axes.plot([], [], color="#bbbbbb", linewidth=0.8,
               label="%d more groups, each ≤ %.3g at step %d" % (
                   len(faint), max(report.values(g)[-1] for g in faint), steps[-1]))
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
   axes.set_xlabel("global step (one point per checkpoint)")
   axes.set_ylabel("‖w − w₀‖ / ‖w₀‖")
   if not moving:
