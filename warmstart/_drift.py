@@ -10,8 +10,8 @@ contributes exactly 0, so a frozen group reads exactly 0.0.
 one source tensor, one model tensor and a few MiB of float64 scratch). The live version
 (`estimator_from(..., track_drift=...)`, in `_drift_live`) sums the same squares in the training
 graph and aggregates them with `group_values` here, so both write the same numbers under the
-same TensorBoard tags (`warmstart/drift/<group>`). Nothing here imports TensorFlow:
-`DriftReport.write_summaries` imports it when called.
+same TensorBoard tags (`warmstart/drift/<group>`). Nothing here imports TensorFlow, not even
+the events file writer (`_events`).
 """
 import contextlib
 import dataclasses
@@ -21,14 +21,13 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from warmstart import _checkpoint, _kinds, _rename, _select, sources
+from warmstart import _checkpoint, _events, _kinds, _rename, _select, sources
 from warmstart._checkpoint import Source, VariableInfo
 from warmstart._errors import CheckpointNotFoundError, PatternError, WarmStartError
 
@@ -276,9 +275,9 @@ class DriftReport:
   def write_summaries(self, logdir: str) -> str:
     """Writes the drift as TensorBoard scalars `warmstart/drift/<group>` at each step.
 
-    One events file, written beside `logdir` first and then moved in (atomic); a file that an
-    earlier call wrote there is replaced, so TensorBoard does not draw both. Imports
-    TensorFlow (its event-file writer).
+    One events file, written beside its final name first and then renamed (atomic); a file an
+    earlier call wrote there is replaced, so TensorBoard does not draw both. TensorFlow is not
+    needed.
 
     Args:
       logdir: the directory (created if missing), e.g. `<model_dir>/warmstart_drift`, so that
@@ -290,26 +289,18 @@ class DriftReport:
     Raises:
       WarmStartError: logdir cannot be written.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     logdir = os.fspath(logdir)
+    path = os.path.join(logdir, _events.event_file_name(EVENTS_SUFFIX))
+    scratch = None
     try:
       os.makedirs(logdir, exist_ok=True)
-      scratch = tempfile.mkdtemp(prefix=".warmstart-drift-", dir=logdir)
-    except OSError as err:
-      raise WarmStartError("cannot write drift summaries to %s: %s" % (
-          logdir, err.strerror or err)) from err
-    try:
-      with tf.Graph().as_default():  # the v1 writer refuses to start in eager mode
-        writer = tf.compat.v1.summary.FileWriter(scratch, filename_suffix=EVENTS_SUFFIX)
-      for column, step in enumerate(self.steps):
-        writer.add_summary(scalars_summary(
-            {g: self._values[g][column] for g in self.groups}), step)
-      writer.close()
-      [written] = os.listdir(scratch)
       earlier = glob.glob(os.path.join(glob.escape(logdir), "*" + EVENTS_SUFFIX))
-      path = os.path.join(logdir, written)
-      os.replace(os.path.join(scratch, written), path)
+      fd, scratch = tempfile.mkstemp(prefix=".warmstart-drift-", dir=logdir)
+      os.close(fd)
+      _events.write(scratch, [(step, summary({g: self._values[g][column] for g in self.groups}))
+                              for column, step in enumerate(self.steps)])
+      os.replace(scratch, path)
+      scratch = None
       for old in earlier:
         if old != path:
           os.remove(old)
@@ -317,7 +308,8 @@ class DriftReport:
       raise WarmStartError("cannot write drift summaries to %s: %s" % (
           logdir, err.strerror or err)) from err
     finally:
-      shutil.rmtree(scratch, ignore_errors=True)
+      if scratch is not None and os.path.exists(scratch):
+        os.remove(scratch)
     logger.info("wrote drift summaries of %d groups at %d steps to %s", len(self.groups),
                 len(self.steps), path)
     return path
@@ -337,12 +329,9 @@ class DriftReport:
     return _plot.plot_drift(self, top=top)
 
 
-def scalars_summary(values: Mapping[str, float]) -> Any:
-  """A `tf.compat.v1.Summary` of `{group: drift}` scalars (TensorFlow must be importable)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.compat.v1.Summary(value=[
-      tf.compat.v1.Summary.Value(tag=tag(group), simple_value=value)
-      for group, value in values.items()])
+def summary(values: Mapping[str, float]) -> bytes:
+  """A serialized `Summary` of `{group: drift}` scalars, tagged `warmstart/drift/<group>`."""
+  return _events.scalars((tag(group), value) for group, value in values.items())
 
 
 def _names(items: Sequence[str], limit: int = 8) -> str:

@@ -208,5 +208,5 @@ class DriftHook(tf.compat.v1.train.SessionRunHook):
       return
     delta_squared = [float(v) for v in session.run(self._delta_squared)]
     values = _drift.group_values(self._groups, delta_squared, self._source_squared)
-    self._writer.add_summary(_drift.scalars_summary(values), step)
+    self._writer.add_summary(_drift.summary(values), step)  # serialized: the writer takes it
     self._timer.update_last_triggered_step(step)
