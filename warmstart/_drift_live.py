@@ -127,8 +127,10 @@ def build_hook(plan: _plan.Plan, variables: Mapping, source_variables: Mapping,
             _drift.layer_of(largest[0]) + "/.*", copied))
   if not config.is_chief:
     return None  # only the chief writes summaries; workers need no copies
-  logger.info("track_drift: %d variables in %d groups; the source copies take %s",
-              len(tracked), len({g for _, _, g in tracked}), _human_bytes(copied))
+  group_count = len({g for _, _, g in tracked})
+  logger.info("track_drift: %d variable%s in %d group%s; the source copies take %s",
+              len(tracked), "" if len(tracked) == 1 else "s", group_count,
+              "" if group_count == 1 else "s", _human_bytes(copied))
   prefix = _apply.materialize(plan.source)
   delta_squared, source_squared = [], []
   with tf.compat.v1.name_scope("warmstart_drift/"):

@@ -65,8 +65,8 @@ def event_file_name(suffix: str = "") -> str:
 
 
 def write(path: str, summaries: Iterable[tuple[int, bytes]]) -> None:
-  """Writes an event file of (step, serialized Summary) to `path`, and syncs it."""
-  with open(path, "wb") as f:
+  """Writes a new event file of (step, serialized Summary) at `path`, and syncs it."""
+  with open(path, "xb") as f:
     f.write(_record(_event(0, file_version=_FILE_VERSION)))
     for step, summary in summaries:
       f.write(_record(_event(step, summary=summary)))

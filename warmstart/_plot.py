@@ -7,7 +7,7 @@ shown on screen, no global figure state is kept, and any backend works.
 import dataclasses
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -72,22 +72,21 @@ def save(figure: Any, path: str, dpi: int = 100) -> str:
   """
   check_plot_path(path)
   extension = os.path.splitext(path)[1].lstrip(".").lower()
-  directory = os.path.dirname(os.path.abspath(path))
+  # Beside the target (same file system, so the rename is atomic), created by open() so the
+  # file gets the usual permissions.
+  scratch = os.path.join(os.path.dirname(os.path.abspath(path)), ".%s.%s.tmp" % (
+      os.path.basename(path), secrets.token_hex(4)))
   try:
-    fd, scratch = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-  except OSError as err:
-    raise WarmStartError("cannot write the plot %s: %s" % (path, err.strerror or err)) from err
-  try:
-    with os.fdopen(fd, "wb") as f:
+    with open(scratch, "xb") as f:
       figure.savefig(f, format=extension, dpi=dpi)
       f.flush()
       os.fsync(f.fileno())
     os.replace(scratch, path)
-  except BaseException as err:
-    os.unlink(scratch)
-    if isinstance(err, OSError):
-      raise WarmStartError("cannot write the plot %s: %s" % (path, err.strerror or err)) from err
-    raise
+  except OSError as err:
+    raise WarmStartError("cannot write the plot %s: %s" % (path, err.strerror or err)) from err
+  finally:
+    if os.path.exists(scratch):
+      os.remove(scratch)
   return path
 
 
@@ -226,8 +225,9 @@ def plot_diff(report: _diff.DiffReport, *, by: Optional[str] = None, max_rows: i
   layers = len({_drift.layer_of(t.name) for t in report.tensors})
   fold_note = "; %d of %d %s folded" % (len(folded), total_rows, "layers" if by == "layer"
                                         else "tensors") if folded else ""
-  figure.suptitle("warmstart diff — A: %s   B: %s\n%d tensors in %d layers, one bar per %s%s%s" % (
-      _short(report.a), _short(report.b), len(report.tensors), layers, by,
+  figure.suptitle("warmstart diff — A: %s   B: %s\n%s in %s, one bar per %s%s%s" % (
+      _short(report.a), _short(report.b), _count(len(report.tensors), "tensor"),
+      _count(layers, "layer"), by,
       " (its tensor count in parentheses)" if by == "layer" else "", fold_note),
       fontsize=9, x=0.01, ha="left")
   return figure
@@ -287,17 +287,26 @@ def plot_drift(report: "_drift.DriftReport", *, top: int = 8) -> Any:
   axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
   axes.set_xlabel("global step (one point per checkpoint)")
   axes.set_ylabel("‖w − w₀‖ / ‖w₀‖")
-  if not moving:
+  if moving:  # from 0 (a cut axis would exaggerate small changes), the 0 line in full view
+    highest = max([v for g in moving for v in report.values(g) if math.isfinite(v)] + [0.0])
+    if highest > 0:
+      axes.set_ylim(-0.03 * highest, 1.05 * highest)
+  else:
     axes.set_ylim(-0.05, 1.0)
   axes.grid(color="#dddddd", linewidth=0.6)
   for side in ("top", "right"):
     axes.spines[side].set_visible(False)
   axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
   figure.suptitle("warmstart drift — distance from the warm-start source per group\n"
-                  "source: %s   model_dir: %s (%d tensors in %d groups)" % (
-                      _short(report.source), _short(report.model_dir), len(report.tensors),
-                      len(report.groups)), fontsize=9, x=0.01, ha="left")
+                  "source: %s   model_dir: %s (%s in %s)" % (
+                      _short(report.source), _short(report.model_dir),
+                      _count(len(report.tensors), "tensor"), _count(len(report.groups), "group")),
+                  fontsize=9, x=0.01, ha="left")
   return figure
+
+
+def _count(number: int, noun: str) -> str:
+  return "%d %s%s" % (number, noun, "" if number == 1 else "s")
 
 
 def _finite(values):
