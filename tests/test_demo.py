@@ -3,6 +3,7 @@
 examples/mnist.py trains the base model, examples/mnist_ext.py warm-starts and freezes its hidden
 layer, and scripts/diff.sh proves the hidden layer came over bit for bit.
 """
+import glob
 import importlib.util
 import os
 import re
@@ -43,10 +44,26 @@ def test_demo_pipeline(tmp_path):
                    r"loaded", ext.stdout, re.M), ext.stdout
   assert "frozen (not trainable): mnist/hidden/kernel, mnist/hidden/bias" in ext.stdout
 
-  same = run(["bash", "scripts/diff.sh", model, model_ext, "--expect-same", "mnist/hidden/.*"])
+  diff_png = str(tmp_path / "diff.png")
+  same = run(["bash", "scripts/diff.sh", model, model_ext, "--expect-same", "mnist/hidden/.*",
+              "--plot", diff_png])
   assert same.returncode == 0, same.stdout + same.stderr
   assert re.search(r"^  mnist/hidden/kernel +identical$", same.stdout, re.M), same.stdout
-  assert same.stdout.splitlines()[-1] == "expectations: all 1 hold"
+  assert same.stdout.splitlines()[-2:] == ["expectations: all 1 hold", "plot: " + diff_png]
+  with open(diff_png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # The frozen layer's drift: 0 at every checkpoint, and live at every summary step.
+  drift = run([sys.executable, "-m", "warmstart", "drift", "--from", model, "--model_dir",
+               model_ext])
+  assert drift.returncode == 0, drift.stderr
+  table = drift.stdout.splitlines()
+  assert table[2].split() == ["group", "step", "0", "step", "50"]
+  assert table[3].split() == ["mnist/hidden", "0", "0"]
+  assert table[-1] == "  see them: tensorboard --logdir " + model_ext
+  assert "warmstart/drift/mnist/hidden" in "".join(
+      open(path, "rb").read().decode("latin-1")
+      for path in glob.glob(os.path.join(model_ext, "events.out.tfevents.*")))
 
   changed = run(["bash", "scripts/diff.sh", model, model_ext,
                  "--expect-changed", "mnist/hidden/.*"])

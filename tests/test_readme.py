@@ -25,3 +25,5 @@ def test_quickstart_and_fine_tuning_run_verbatim(tmp_path):
   assert (tmp_path / "qs_ext" / "warmstart_report.json").exists()
   assert "'mnist/hidden/kernel': 0.1" in result.stdout  # ft_lr's report: lr_multipliers
   assert "optimizer slots not in the source, started fresh (4): " in result.stdout
+  assert "unmoved at every step (0.0): mnist/hidden" in result.stdout
+  assert len(list((tmp_path / "qs_ext" / "warmstart_drift").glob("events.out.tfevents.*"))) == 1
