@@ -8,6 +8,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -136,6 +137,26 @@ def test_live_summaries_have_every_point_and_agree_with_offline(trained):
     for step in report.steps:
       assert values[step] == pytest.approx(report.value(group, step), rel=1e-6, abs=0)
   assert set(live["warmstart/drift/" + FROZEN].values()) == {0.0}
+
+
+def test_resumed_training_keeps_tracking(trained, tmp_path):
+  model_dir = str(tmp_path / "ext")
+  shutil.copytree(trained["ext"], model_dir)
+  warmstart.estimator_from(
+      model_fn, model_dir=model_dir, warm_start_from=trained["base"],
+      include="net/.*(kernel|bias)", freeze="net/hidden/.*", track_drift="net/(embed|logits)/.*",
+      params={"lr": 0.5}, config=tf.estimator.RunConfig(
+          tf_random_seed=2, save_summary_steps=EVERY, save_checkpoints_steps=EVERY)
+  ).train(input_fn(), steps=2)
+  live = events(model_dir)
+  before = events(trained["ext"])
+  report = warmstart.drift(trained["base"], model_dir)
+  assert report.steps[-1] == STEPS + 2 and set(live) == set(before)  # hidden: copied events
+  for group in ("net/embed", "net/logits"):
+    values = live["warmstart/drift/" + group]
+    assert sorted(values) == list(range(0, STEPS + 3, EVERY))
+    assert values[STEPS] == before["warmstart/drift/" + group][STEPS]  # resumed: same weights
+    assert values[STEPS + 2] == pytest.approx(report.value(group, STEPS + 2), rel=1e-6, abs=0)
 
 
 def test_write_summaries_round_trip_and_replace_their_own_file(trained, tmp_path):
@@ -308,6 +329,22 @@ def test_diff_plot_colours_by_status(trained, tmp_path):
       "l/changed", "l/shape", "m/only_a", "m/only_b", "l/same"]
   check_png(_plot.save(figure, str(tmp_path / "diff.png")),
             colors=["#0072B2", "#999999", "#D55E00", "#E69F00", "#009E73"])
+
+
+@pytest.mark.parametrize("npz", [False, True], ids=["checkpoint", "npz"])
+def test_diff_rel_change_counts_the_equal_chunks_of_a_changed_tensor(tmp_path, npz):
+  a = np.random.RandomState(0).randn(1 << 20).astype(F)  # 4 MiB: read in two 2 MiB chunks
+  b = a.copy()
+  b[-10:] += 1  # only the second chunk differs
+  if npz:
+    np.savez(tmp_path / "a.npz", w=a)
+    np.savez(tmp_path / "b.npz", w=b)
+    report = warmstart.diff(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"))
+  else:
+    report = warmstart.diff(write_checkpoint(tmp_path / "a", {"w": a}),
+                            write_checkpoint(tmp_path / "b", {"w": b}))
+  expected = np.linalg.norm(b.astype(np.float64) - a) / np.linalg.norm(a.astype(np.float64))
+  assert report.tensors[0].rel_change == pytest.approx(expected, rel=1e-6)
 
 
 def test_diff_plot_of_300_tensors_groups_layers_and_says_what_it_folded(tmp_path):

@@ -298,11 +298,21 @@ class _Stats:
 
 
 def _sum_squares(x: np.ndarray) -> float:
-  """‖x‖² in float64 (|x|² summed for complex)."""
+  """‖x‖² (|x|² summed for complex).
+
+  float32 and float64 are summed in their own type by einsum's unrolled, vectorized loop (for
+  float32 ~1e-7 relative, at a tenth of the cost of converting to float64 first); other types,
+  and a float32 sum that overflows, in float64.
+  """
   if x.dtype.kind == "c":
     return float(np.sum(np.abs(x.astype(np.complex128)) ** 2))
+  if x.dtype in (np.float32, np.float64):
+    with np.errstate(over="ignore"):
+      total = float(np.einsum("i,i->", x, x))
+    if math.isfinite(total) or not np.all(np.isfinite(x)):
+      return total
   wide = x.astype(np.float64)
-  return float(np.dot(wide, wide))
+  return float(np.einsum("i,i->", wide, wide))
 
 
 def _abs_delta(a, b, wide, same):
