@@ -293,6 +293,9 @@ class DriftReport:
       WarmStartError: logdir cannot be written.
     """
     logdir = os.fspath(logdir)
+    if "://" in logdir:
+      raise WarmStartError("write_summaries writes to a local directory; got %s. Write them "
+                           "locally and copy the directory (e.g. gsutil cp -r)." % logdir)
     path = os.path.join(logdir, _events.event_file_name(EVENTS_SUFFIX))
     scratch = None
     try:

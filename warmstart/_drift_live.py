@@ -24,6 +24,8 @@ from warmstart._errors import PatternError, WarmStartError
 
 logger = logging.getLogger(__name__)
 
+_human_bytes = _plan._human_bytes  # pylint: disable=protected-access
+
 # The copies of the source tensors cost as much memory as those tensors: above this, refuse
 # unless the user raises the limit (track_drift_max_bytes).
 DEFAULT_MAX_BYTES = 512 << 20
@@ -49,14 +51,6 @@ def compile_track_drift(track_drift: TrackDrift, max_bytes: Optional[int]
     raise PatternError("track_drift is an empty list: pass True to track every warm-started "
                        "variable, or regexes of the ones to track")
   return patterns
-
-
-def _human_bytes(count: float) -> str:
-  for unit in ("B", "KiB", "MiB", "GiB"):
-    if count < 1024 or unit == "GiB":
-      return ("%d %s" if unit == "B" else "%.1f %s") % (count, unit)
-    count /= 1024.0
-  return ""
 
 
 def _choose(plan, variables, patterns, source_variables):

@@ -27,7 +27,8 @@ _COLORS = {
 }
 _NAMES = {
     _diff.CHANGED: "changed", _diff.IDENTICAL: "identical", _diff.SHAPE_DIFFERS: "shape differs",
-    _diff.DTYPE_DIFFERS: "dtype differs", _diff.ONLY_IN_A: "only in A", _diff.ONLY_IN_B: "only in B",
+    _diff.DTYPE_DIFFERS: "dtype differs", _diff.ONLY_IN_A: "only in A",
+    _diff.ONLY_IN_B: "only in B",
 }
 # A layer of mixed statuses takes the colour of its most notable one.
 _SEVERITY = (_diff.SHAPE_DIFFERS, _diff.DTYPE_DIFFERS, _diff.ONLY_IN_A, _diff.ONLY_IN_B,
@@ -61,7 +62,8 @@ def check_plot_path(path: str) -> None:
   supported = figure_class().canvas.get_supported_filetypes()
   if extension not in supported:
     raise WarmStartError("cannot write the plot %s: the file type is taken from its extension, "
-                         "and %r is not one of %s" % (path, extension, ", ".join(sorted(supported))))
+                         "and %r is not one of %s"
+                         % (path, extension, ", ".join(sorted(supported))))
 
 
 def save(figure: Any, path: str, dpi: int = 100) -> str:
@@ -123,7 +125,8 @@ def _layer_rows(tensors: Sequence[_diff.TensorDiff]) -> list[_Row]:
   for layer, members in layers.items():
     statuses = [t.status for t in members]
     status = next(s for s in _SEVERITY if s in statuses)
-    values = [t.rel_change for t in members if t.status == _diff.CHANGED and t.rel_change is not None]
+    values = [t.rel_change for t in members
+              if t.status == _diff.CHANGED and t.rel_change is not None]
     counts = ", ".join("%d %s" % (statuses.count(s), _NAMES[s]) for s in _SEVERITY if s in statuses)
     value = max(values) if values else None
     rows.append(_Row("%s  (%d)" % (layer, len(members)), status, value,
@@ -187,7 +190,8 @@ def plot_diff(report: _diff.DiffReport, *, by: Optional[str] = None, max_rows: i
                         layout="constrained")
   axes = figure.subplots()
   positions = list(range(len(shown)))[::-1]  # first row at the top
-  values = [r.value for r in shown if r.value is not None and math.isfinite(r.value) and r.value > 0]
+  values = [r.value for r in shown
+            if r.value is not None and math.isfinite(r.value) and r.value > 0]
   logarithmic = bool(values) and max(values) / min(values) > 30
   if logarithmic:
     axes.set_xscale("log")
@@ -271,7 +275,8 @@ def plot_drift(report: "_drift.DriftReport", *, top: int = 8) -> Any:
               marker=marker, markersize=3,
               label=("%s: 0.0 at every step" % unmoved[0] if len(unmoved) == 1 else
                      "%d groups at 0.0 at every step (%s)" % (
-                         len(unmoved), _drift._names(unmoved, 3))))  # pylint: disable=protected-access
+                         len(unmoved), ", ".join(unmoved[:3]) + (" ..." if len(unmoved) > 3
+                                                                 else ""))))
   palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
              "#000000"]
   for index, group in enumerate(named):
