@@ -49,7 +49,6 @@ _TABLE_ROWS = 20
 _TABLE_STEPS = 6
 
 
-
 def tag(group: str) -> str:
   """The TensorBoard tag of a group's drift."""
   return TAG_PREFIX + group
@@ -378,7 +377,8 @@ def _report_pairs(model_dir: str) -> Optional[dict[str, str]]:
   try:
     with open(path, encoding="utf-8") as f:
       loaded = json.load(f)["loaded"]
-    return {entry["name"]: entry["checkpoint_name"] for entry in loaded}
+    return {entry["name"]: entry["checkpoint_name"] for entry in loaded
+            if entry.get("kind", _kinds.WEIGHT) in TRACKED_KINDS}
   except (OSError, ValueError, KeyError, TypeError) as err:
     raise WarmStartError("cannot read the warm-start report %s (%s): it names the tensors that "
                          "were warm-started. Pass rename= (or include=) to pair them by name "
@@ -442,9 +442,10 @@ def drift(source: Source, model_dir: str, *, include: _select.Patterns = None,
   tensors, the relative distance ‖w − w₀‖ / ‖w₀‖ from the source tensors (the group's tensors
   taken as one vector). Which model tensor came from which source tensor: `rename` if given (as
   for `plan`: model-name pattern -> source-name template, other names unchanged), else the
-  model_dir's `warmstart_report.json` (what `estimator_from` loaded), else equal names (weights
-  and batch-norm statistics of equal shape and a floating-point dtype). Tensors are read one at a
-  time: memory holds one source tensor, one model tensor and a few MiB of float64 scratch.
+  model_dir's `warmstart_report.json` (what `estimator_from` loaded), else equal names. Measured
+  are weights and batch-norm statistics (not optimizer state) of equal shape and a floating-point
+  dtype. Tensors are read one at a time: memory holds one source tensor, one model tensor and a
+  2 MiB float64 scratch array.
 
   Args:
     source: the checkpoint the model was warm-started from (anything `resolve_checkpoint`

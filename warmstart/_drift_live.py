@@ -55,10 +55,13 @@ def compile_track_drift(track_drift: TrackDrift, max_bytes: Optional[int]
 
 def _choose(plan, variables, patterns, source_variables):
   """[(model name, source name, group)] to track, and the (name, why) left out."""
-  loaded = {a.name: a.checkpoint_name for a in plan.assignments}
+  # Weights and batch-norm statistics, as offline: optimizer state has no meaningful drift.
+  loaded = {a.name: a.checkpoint_name for a in plan.assignments
+            if variables[a.name][0].kind in _drift.TRACKED_KINDS}
   names = sorted(loaded)
   if patterns:
-    problems = _select.unmatched(patterns, names, "track_drift", "warm-started variable")
+    problems = _select.unmatched(patterns, names, "track_drift",
+                                 "warm-started weight or batch-norm statistic")
     if problems:
       raise PatternError(" ".join(problems))
     names = [n for n in names if _select.first_match(patterns, n)]
