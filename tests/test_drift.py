@@ -232,8 +232,10 @@ def test_groups_by_regex_include_and_left_out(handmade):
   assert json.loads(layers.to_json())["groups"]["model/zero"] == ["inf"] * 3
 
 
-def test_rename_pairs_differently_named_tensors(handmade):
-  report = warmstart.drift(handmade["source"], handmade["renamed"], rename={r"new/(.*)": r"\1"},
+@pytest.mark.parametrize("rename", [{r"new/(.*)": r"\1"}, lambda name: name[len("new/"):]],
+                         ids=["rules", "function"])
+def test_rename_pairs_differently_named_tensors(handmade, rename):
+  report = warmstart.drift(handmade["source"], handmade["renamed"], rename=rename,
                            exclude="new/model/head/.*")
   assert {t.source_name for t in report.tensors} == {
       "model/block1/conv/kernel", "model/block1/conv/bias", "model/block2/conv/kernel",

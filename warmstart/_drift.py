@@ -400,9 +400,12 @@ def _pairs(model: Mapping[str, VariableInfo], source: Mapping[str, VariableInfo]
         pairs[name] = source_name
     unused = [rule for rule in rules if rule not in used]
     if unused:
+      first = unused[0]
       raise PatternError("rename rule%s %s matched no weight of the model_dir's checkpoints.%s"
                          % ("s" if len(unused) > 1 else "", ", ".join(map(str, unused)),
-                            _select.closest(unused[0].pattern.text, candidates)))
+                            " (it returned None or the name itself for all %d)" % len(candidates)
+                            if isinstance(first, _rename.FunctionRule)
+                            else _select.closest(first.pattern.text, candidates)))
     return pairs, "rename rules"
   pairs_from_report = _report_pairs(model_dir)
   if pairs_from_report is not None:
