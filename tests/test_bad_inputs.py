@@ -233,6 +233,130 @@ def case_negative_tolerance(tmp_path):
   return lambda: warmstart.diff(prefix, prefix, atol=-1)
 
 
+# -- other source formats: Keras .h5, .safetensors, TF2 object graphs, .npy, convert ----------
+
+
+def keras_h5(tmp_path, name="w.h5"):
+  """A Keras weights file (layer 'dense': kernel (3, 2), bias (2,)) as Keras writes it."""
+  model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="dense")])
+  model.save_weights(str(tmp_path / name))
+  return str(tmp_path / name)
+
+
+def h5_with_weight(tmp_path, make_weight):
+  """A file in Keras' layout whose one weight is `make_weight(layer_group)`."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "crafted.h5")
+  with h5py.File(path, "w") as f:
+    f.attrs["layer_names"] = [b"dense"]
+    layer = f.create_group("dense")
+    layer.attrs["weight_names"] = [b"dense/kernel:0"]
+    make_weight(layer.create_group("dense"))
+  return path
+
+
+def case_truncated_h5(tmp_path):
+  path = keras_h5(tmp_path)
+  truncate(path, os.path.getsize(path) // 2)
+  return lambda: warmstart.list_variables(path)
+
+
+def case_hdf5_that_is_not_keras_weights(tmp_path):
+  import h5py  # pylint: disable=g-import-not-at-top
+  with h5py.File(tmp_path / "data.h5", "w") as f:
+    f["images"] = np.zeros((2, 2), F)
+  return lambda: warmstart.list_variables(str(tmp_path / "data.h5"))
+
+
+def case_h5_weight_linking_to_another_file(tmp_path):
+  import h5py  # pylint: disable=g-import-not-at-top
+  path = h5_with_weight(tmp_path, lambda g: g.__setitem__(
+      "kernel:0", h5py.ExternalLink("/etc/passwd", "/data")))
+  return lambda: warmstart.list_variables(path)
+
+
+def case_h5_weight_larger_than_its_storage(tmp_path):
+  # Declares 4 GB of float32 but stores nothing: never allocated.
+  path = h5_with_weight(tmp_path, lambda g: g.create_dataset(
+      "kernel:0", shape=(1 << 30,), dtype="f4", chunks=(1024,)))
+  return lambda: warmstart.list_variables(path)
+
+
+def safetensors_file(tmp_path, header, data=b""):
+  import json  # pylint: disable=g-import-not-at-top
+  text = json.dumps(header).encode()
+  path = tmp_path / "crafted.safetensors"
+  path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+  return str(path)
+
+
+def case_safetensors_header_longer_than_the_file(tmp_path):
+  path = str(tmp_path / "short.safetensors")
+  with open(path, "wb") as f:
+    f.write((1 << 20).to_bytes(8, "little") + b'{"a": {')
+  return lambda: warmstart.list_variables(path)
+
+
+def case_safetensors_offsets_past_the_data(tmp_path):
+  path = safetensors_file(tmp_path, {"w": {"dtype": "F32", "shape": [1 << 20],
+                                           "data_offsets": [0, 4 << 20]}}, b"\0" * 16)
+  return lambda: warmstart.list_variables(path)
+
+
+def tf2_checkpoint_with_graph(tmp_path, graph):
+  """A checkpoint whose object graph tensor holds `graph` (bytes)."""
+  return write_checkpoint(tmp_path / "tf2", {
+      "_CHECKPOINTABLE_OBJECT_GRAPH": np.array(graph, dtype=object),
+      "model/kernel/.ATTRIBUTES/VARIABLE_VALUE": np.ones([3, 2], F)})
+
+
+def case_damaged_object_graph(tmp_path):
+  prefix = tf2_checkpoint_with_graph(tmp_path, b"\x0a\xff\xff\xff\x0f\x12")
+  return lambda: warmstart.list_variables(prefix)
+
+
+def case_object_graph_naming_a_missing_node(tmp_path):
+  from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.nodes.add().children.add(node_id=99, local_name="model")
+  prefix = tf2_checkpoint_with_graph(tmp_path, graph.SerializeToString())
+  return lambda: warmstart.list_variables(prefix)
+
+
+def pickled_npy(tmp_path):
+  path = str(tmp_path / "caffe.npy")
+  np.save(path, {"conv1": [np.ones((2, 2), F), np.ones(2, F)]}, allow_pickle=True)
+  return path
+
+
+def case_pickled_npy_without_allow_pickle(tmp_path):
+  path = pickled_npy(tmp_path)
+  return lambda: warmstart.list_variables(path)
+
+
+def case_truncated_pickled_npy(tmp_path):
+  path = pickled_npy(tmp_path)
+  truncate(path, os.path.getsize(path) - 20)
+  return lambda: warmstart.list_variables(warmstart.Source(path, allow_pickle=True))
+
+
+def case_torch_layout_for_a_tf_checkpoint(tmp_path):
+  prefix = source(tmp_path)
+  return lambda: warmstart.resolve_checkpoint(warmstart.Source(prefix, layout="torch"))
+
+
+def case_convert_to_an_existing_file(tmp_path):
+  prefix = source(tmp_path)
+  (tmp_path / "out.npz").write_bytes(b"precious")
+  return lambda: warmstart.convert(prefix, str(tmp_path / "out.npz"))
+
+
+def case_convert_strings_to_safetensors(tmp_path):
+  prefix = write_checkpoint(tmp_path / "strings", {"vocab": np.array([b"a", b"b"], dtype=object),
+                                                   "w": np.ones(2, F)})
+  return lambda: warmstart.convert(prefix, str(tmp_path / "out.safetensors"))
+
+
 CASES = [
     # (case, error type, words the message must contain)
     (case_missing_checkpoint, warmstart.CheckpointNotFoundError, ["model.ckpt-1.index"]),
@@ -277,6 +401,29 @@ CASES = [
     (case_npz_with_pickled_objects, warmstart.CheckpointReadError, ["objects.npz"]),
     (case_source_of_wrong_type, warmstart.WarmStartError, ["int 42"]),
     (case_negative_tolerance, warmstart.WarmStartError, ["atol", "-1"]),
+    (case_truncated_h5, warmstart.CheckpointReadError, ["w.h5"]),
+    (case_hdf5_that_is_not_keras_weights, warmstart.CheckpointReadError,
+     ["not Keras weights", "images"]),
+    (case_h5_weight_linking_to_another_file, warmstart.CheckpointReadError,
+     ["ExternalLink", "point outside the file"]),
+    (case_h5_weight_larger_than_its_storage, warmstart.CheckpointReadError,
+     ["declares 4294967296 bytes", "stores 0"]),
+    (case_safetensors_header_longer_than_the_file, warmstart.CheckpointReadError,
+     ["short.safetensors"]),
+    (case_safetensors_offsets_past_the_data, warmstart.CheckpointReadError,
+     ["crafted.safetensors"]),
+    (case_damaged_object_graph, warmstart.CheckpointReadError,
+     ["object graph", "damaged"]),
+    (case_object_graph_naming_a_missing_node, warmstart.CheckpointReadError,
+     ["refers to node 99", "1 nodes"]),
+    (case_pickled_npy_without_allow_pickle, warmstart.CheckpointReadError,
+     ["allow_pickle=True", "caffe.npy"]),
+    (case_truncated_pickled_npy, warmstart.CheckpointReadError, ["cannot unpickle"]),
+    (case_torch_layout_for_a_tf_checkpoint, warmstart.WarmStartError,
+     ["layout='torch'", "TensorFlow's layout already"]),
+    (case_convert_to_an_existing_file, warmstart.WarmStartError, ["out.npz exists"]),
+    (case_convert_strings_to_safetensors, warmstart.WarmStartError,
+     [".safetensors cannot hold string tensors: vocab"]),
 ]
 
 
@@ -387,6 +534,19 @@ CLI_CASES = [
         np.savez(p / "objects.npz", w=np.array([{"a": 1}], dtype=object)),
         ["ls", str(p / "objects.npz")])[1], ["Python objects"]),
     ("unknown_command", lambda p: ["copy", "a", "b"], ["unknown command"]),
+    ("truncated_h5", lambda p: (lambda path: (truncate(path, 800), ["ls", path])[1])(
+        keras_h5(p)), ["w.h5"]),
+    ("damaged_safetensors", lambda p: ["ls", safetensors_file(p, {"w": {
+        "dtype": "F32", "shape": [4], "data_offsets": [0, 64]}}, b"\0" * 16)],
+     ["crafted.safetensors"]),
+    ("damaged_object_graph", lambda p: ["ls", tf2_checkpoint_with_graph(p, b"\x0a\x05\x0a")],
+     ["object graph"]),
+    ("pickled_npy_without_allow_pickle", lambda p: ["ls", pickled_npy(p)], ["--allow_pickle"]),
+    ("torch_layout_for_a_tf_checkpoint", lambda p: ["ls", source(p), "--layout", "torch"],
+     ["TensorFlow's layout already"]),
+    ("convert_to_an_existing_output", lambda p: (
+        (p / "out.npz").write_bytes(b"x"), ["convert", source(p), str(p / "out.npz")])[1],
+     ["exists"]),
 ]
 
 

@@ -3,7 +3,7 @@
 See README.md for the guide; the public names are re-exported here.
 
 `import warmstart` does not import TensorFlow: reading and verifying (`resolve_checkpoint`,
-`list_variables`, `read_tensor`, `diff`, `plan` against a checkpoint) never need it. The
+`list_variables`, `read_tensor`, `diff`, `convert`, `plan` against a checkpoint) never need it. The
 Estimator-side names (`settings`, `estimator_from`, `freeze`) load it on first use.
 """
 from importlib import metadata as _metadata
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from warmstart._checkpoint import CheckpointRef
 from warmstart._checkpoint import VariableInfo
 from warmstart._checkpoint import resolve_checkpoint
+from warmstart._convert import convert
 from warmstart._diff import DiffReport
 from warmstart._diff import diff
 from warmstart._drift import DriftReport
@@ -25,6 +26,7 @@ from warmstart._errors import WarmStartError
 from warmstart._plan import Plan
 from warmstart._plan import Report
 from warmstart._plan import plan
+from warmstart._source import Source
 from warmstart._suggest import RenameSuggestion
 from warmstart._suggest import suggest_rename
 from warmstart.sources import list_variables
@@ -59,8 +61,10 @@ __all__ = (
     "PlanError",
     "RenameSuggestion",
     "Report",
+    "Source",
     "VariableInfo",
     "WarmStartError",
+    "convert",
     "diff",
     "drift",
     "estimator_from",

@@ -12,12 +12,12 @@ import re
 import shutil
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 from warmstart import _checkpoint, sources
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import WarmStartError
+from warmstart.sources import _writers
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ def warm_start_arguments(plan, variables: dict[str, tuple[VariableInfo, list]]):
   """TF's `warm_start` arguments for a plan: (prefix, variables, vocab infos, renames)."""
   var_list = [v for a in plan.assignments for v in variables[a.name][1]]
   vocab = {a.name: a.vocab for a in plan.assignments if a.vocab is not None}
-  renames = {a.name: a.checkpoint_name for a in plan.assignments if a.name != a.checkpoint_name}
-  return materialize(plan.source), var_list, vocab, renames
+  prefix, keys = materialize(plan.source, {a.checkpoint_name for a in plan.assignments})
+  renames = {a.name: keys[a.checkpoint_name] for a in plan.assignments
+             if a.name != keys[a.checkpoint_name]}
+  return prefix, var_list, vocab, renames
 
 
 def apply(plan, variables: dict[str, tuple[VariableInfo, list]]) -> None:
@@ -68,28 +70,28 @@ def apply(plan, variables: dict[str, tuple[VariableInfo, list]]) -> None:
     tf.compat.v1.train.warm_start(*warm_start_arguments(plan, variables))
 
 
-_materialized: dict[tuple[str, float], str] = {}
+_materialized: dict[tuple, str] = {}
 
 
-def materialize(ref) -> str:
-  """A TF checkpoint prefix holding `ref`'s tensors (a .npz is converted once per process)."""
-  if ref.kind != _checkpoint.NPZ:
-    return ref.prefix
-  key = (os.path.abspath(ref.prefix), os.path.getmtime(ref.prefix))
+def materialize(ref, names) -> tuple[str, dict[str, str]]:
+  """(a TF checkpoint prefix holding `ref`'s tensors `names`, {name: key in that checkpoint}).
+
+  TF checkpoints are used as they are (a TF2 object-based one through its keys); any other format
+  has the tensors to be loaded written to a checkpoint once per process.
+  """
+  if ref.kind in (_checkpoint.CHECKPOINT, _checkpoint.SAVED_MODEL):
+    with sources.open_reader(ref) as reader:
+      return ref.prefix, {name: reader.key_of(name) for name in names}
+  key = (os.path.abspath(ref.prefix), os.path.getmtime(ref.prefix), ref.layout, ref.allow_pickle,
+         frozenset(names))
   if key not in _materialized:
     # The initializers read the checkpoint when the session starts, so it must outlive this call;
-    # it lives in a private temp dir removed at exit (the source .npz is never written).
-    directory = tempfile.mkdtemp(prefix="warmstart-npz-")
+    # it lives in a private temp dir removed at exit (the source is never written).
+    directory = tempfile.mkdtemp(prefix="warmstart-source-")
     atexit.register(shutil.rmtree, directory, True)
-    with sources.open_reader(ref) as reader, tf.Graph().as_default():
-      names = list(reader.variables)
-      placeholders = [tf.compat.v1.placeholder(tf.as_dtype(reader.variables[n].dtype))
-                      for n in names]
-      prefix = os.path.join(directory, "npz")
-      save = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
-                               shape_and_slices=[""] * len(names), tensors=placeholders)
-      with tf.compat.v1.Session() as session:
-        session.run(save, {p: np.asarray(reader.read(n)) for p, n in zip(placeholders, names)})
+    prefix = os.path.join(directory, "source")
+    with sources.open_reader(ref) as reader:
+      _writers.write_checkpoint(prefix, [reader.variables[n] for n in sorted(names)], reader.read)
     _materialized[key] = prefix
-    logger.debug("converted %s to checkpoint %s", ref.prefix, prefix)
-  return _materialized[key]
+    logger.debug("wrote %d tensors of %s to checkpoint %s", len(names), ref.prefix, prefix)
+  return _materialized[key], {name: name for name in names}

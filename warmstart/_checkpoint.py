@@ -15,16 +15,27 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from warmstart import _dtypes, _kinds
+from warmstart import _dtypes, _kinds, _source
 from warmstart._errors import CheckpointNotFoundError, WarmStartError
 
 logger = logging.getLogger(__name__)
 
-Source = Union[str, os.PathLike, "CheckpointRef"]
+# What a source may be given as: a path, a warmstart.Source (a path with options) or a resolved
+# CheckpointRef.
+Source = Union[str, os.PathLike, _source.Source, "CheckpointRef"]
 
 CHECKPOINT = "checkpoint"
 SAVED_MODEL = "saved_model"
 NPZ = "npz"
+KERAS_H5 = "keras_h5"
+SAFETENSORS = "safetensors"
+NPY = "npy"
+# Single-file formats: by extension, else by their first bytes.
+_FILE_KINDS = ((".npz", NPZ), (".safetensors", SAFETENSORS), (".h5", KERAS_H5),
+               (".hdf5", KERAS_H5), (".npy", NPY))
+_MAGIC = ((b"\x89HDF\r\n\x1a\n", KERAS_H5), (b"\x93NUMPY", NPY), (b"PK\x03\x04", NPZ))
+# The formats that may hold PyTorch weights (layout="torch").
+_TORCH_KINDS = (SAFETENSORS, NPZ, NPY)
 
 _STEP_SUFFIX = re.compile(r"-(\d+)$")
 _SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
@@ -46,13 +57,17 @@ class CheckpointRef:
   """A resolved checkpoint.
 
   Attributes:
-    prefix: the checkpoint prefix (`dir/model.ckpt-123`), or the `.npz` path.
+    prefix: the checkpoint prefix (`dir/model.ckpt-123`), or the file's path.
     step: the step parsed from the prefix (`-123`), or None.
-    kind: 'checkpoint', 'saved_model' or 'npz'.
+    kind: 'checkpoint', 'saved_model', 'npz', 'keras_h5', 'safetensors' or 'npy'.
+    layout: 'tf', or 'torch' to read PyTorch layouts (see `warmstart.Source`).
+    allow_pickle: whether a pickled `.npy` weight dict may be read (see `warmstart.Source`).
   """
   prefix: str
   step: Optional[int]
   kind: str
+  layout: str = _source.TF
+  allow_pickle: bool = False
 
   def __str__(self):
     return self.prefix
@@ -216,7 +231,9 @@ def resolve_checkpoint(source: Source, step: Optional[int] = None) -> Checkpoint
   Args:
     source: a checkpoint prefix (a `.index`/`.data-*`/`.meta` file name is accepted too), a
       directory holding checkpoints (with or without a `checkpoint` state file), a SavedModel
-      directory, a `.npz` file, or a CheckpointRef (returned as is).
+      directory, a `.npz`, Keras `.h5`, `.safetensors` or `.npy` file (known by its extension or
+      its first bytes), a `warmstart.Source` (a path with options), or a CheckpointRef (returned
+      as is).
     step: in a directory, the step to pick; -1 or None for the latest.
 
   Returns:
@@ -224,6 +241,7 @@ def resolve_checkpoint(source: Source, step: Optional[int] = None) -> Checkpoint
 
   Raises:
     CheckpointNotFoundError: nothing usable there; the message lists what was looked at.
+    WarmStartError: an option that does not apply to the source found.
 
   Example:
     >>> ref = warmstart.resolve_checkpoint("model_dir/models", step=-1)
@@ -232,18 +250,47 @@ def resolve_checkpoint(source: Source, step: Optional[int] = None) -> Checkpoint
   """
   if isinstance(source, CheckpointRef):
     return source
-  if not isinstance(source, (str, os.PathLike)):
-    raise WarmStartError("a checkpoint source is a path (str or os.PathLike); got %s %r"
-                         % (type(source).__name__, source))
-  path = os.fspath(source)
-  step = _check_step(step)
-  if path.endswith(".npz"):
+  options = _source.Source(source) if not isinstance(source, _source.Source) else source
+  ref = _resolve_path(options.path, _check_step(step))
+  if options.layout != _source.TF and ref.kind not in _TORCH_KINDS:
+    raise WarmStartError(
+        "layout=%r is for PyTorch weights (.safetensors, .npz, .npy); %s is a %s, which holds "
+        "TensorFlow's layout already. Drop the layout option." % (options.layout, ref.prefix,
+                                                                  ref.kind))
+  return dataclasses.replace(ref, layout=options.layout, allow_pickle=options.allow_pickle)
+
+
+def _file_kind(path: str) -> Optional[str]:
+  """The single-file format of `path` by its extension or first bytes, or None."""
+  if os.path.isdir(path):
+    return None
+  for extension, kind in _FILE_KINDS:
+    if path.endswith(extension):
+      return kind
+  if not os.path.isfile(path) or _FILE_SUFFIX.search(path):
+    return None
+  try:
+    with open(path, "rb") as f:
+      head = f.read(16)
+  except OSError:
+    return None
+  for magic, kind in _MAGIC:
+    if head.startswith(magic):
+      return kind
+  if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 27:
+    return SAFETENSORS
+  return None
+
+
+def _resolve_path(path: str, step: Optional[int]) -> CheckpointRef:
+  kind = _file_kind(path)
+  if kind is not None:
     if not os.path.isfile(path):
-      raise CheckpointNotFoundError("no .npz file at %s" % path)
+      raise CheckpointNotFoundError("no %s file at %s" % (kind, path))
     if step is not None:
-      raise WarmStartError("step=%d was given but %s is a .npz file, which has no steps"
-                           % (step, path))
-    return CheckpointRef(path, None, NPZ)
+      raise WarmStartError("step=%d was given but %s is a %s file, which has no steps"
+                           % (step, path, kind))
+    return CheckpointRef(path, None, kind)
   if os.path.isdir(path):
     return _resolve_directory(path, step)
   prefix = _FILE_SUFFIX.sub("", path)

@@ -37,3 +37,9 @@ class PlanError(WarmStartError):
 
 class FreezeError(WarmStartError):
   """A train_op still updates a variable that was frozen."""
+
+
+def first_line(err: BaseException) -> str:
+  """The first line of an exception's message, for one-line errors (its type if it has none)."""
+  text = str(err).strip().splitlines()
+  return text[0] if text else type(err).__name__

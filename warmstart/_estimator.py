@@ -33,7 +33,7 @@ class _Settings(tf.estimator.WarmStartSettings):
   """
 
   def __new__(cls, planner: Planner, arguments: str):
-    self = super().__new__(cls, ckpt_to_initialize_from=_apply.materialize(planner.source),
+    self = super().__new__(cls, ckpt_to_initialize_from=planner.source.prefix,
                            vars_to_warm_start=[])
     self._planner = planner
     self._arguments = arguments

@@ -85,6 +85,9 @@ class Report:
   unused_checkpoint_tensors: list[Entry] = dataclasses.field(default_factory=list)
   problems: list[str] = dataclasses.field(default_factory=list)
   resumed_from: Optional[str] = None
+  # {checkpoint tensor: how it was read}, for loaded tensors the source converted (a PyTorch
+  # layout transposed, ...) or named (a nested Keras model's weight, ...).
+  notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def renamed(self) -> list[Entry]:
@@ -113,9 +116,10 @@ class Report:
       lines.append("  loaded:")
       width = max(len(e.name) for e in self.loaded)
       for e in self.loaded:
-        lines.append("    %-*s  %-16s %-8s %s%s" % (
+        lines.append("    %-*s  %-16s %-8s %s%s%s" % (
             width, e.name, _shape(e.shape), e.dtype, e.kind,
-            "  <- %s" % e.checkpoint_name if e.name != e.checkpoint_name else ""))
+            "  <- %s" % e.checkpoint_name if e.name != e.checkpoint_name else "",
+            "  (%s)" % self.notes[e.checkpoint_name] if e.checkpoint_name in self.notes else ""))
     for title, entries in (("skipped", self.skipped),
                            ("missing from the checkpoint (left to their initializers)",
                             self.missing)):
@@ -255,9 +259,13 @@ class Planner:
     self.source = _checkpoint.resolve_checkpoint(source, step)
     with sources.open_reader(self.source) as reader:
       self.source_variables = reader.variables
-    if self.vocab and self.source.kind == _checkpoint.NPZ:
-      raise WarmStartError("vocab remapping needs a TF checkpoint; %s is a .npz file"
-                           % self.source.prefix)
+      self.source_notes = reader.notes
+      # A file key (a TF2 object path, an .h5 dataset path) names the same tensor as its name.
+      self.source_keys = {reader.key_of(n): n for n in reader.variables
+                          if reader.key_of(n) != n}
+    if self.vocab and self.source.kind not in (_checkpoint.CHECKPOINT, _checkpoint.SAVED_MODEL):
+      raise WarmStartError("vocab remapping needs a TF checkpoint; %s is a %s file"
+                           % (self.source.prefix, self.source.kind))
 
   @property
   def freezes(self) -> bool:
@@ -287,6 +295,7 @@ class Planner:
       return _Decision(variable, SKIP, name, "%s: optimizer_state='reset' leaves it at its "
                        "initializer" % variable.kind)
     ckpt_name, rule = _rename.checkpoint_name(self.rules, name)
+    ckpt_name = self.source_keys.get(ckpt_name, ckpt_name)
     source = self.source_variables.get(ckpt_name)
     if source is None and variable.kind == _kinds.OPTIMIZER_SLOT and rule is None:
       # optimizer_state="keep": e.g. the slots of variables the source trained frozen.
@@ -372,6 +381,7 @@ class Planner:
     for d in decisions:
       by_action[d.action].append(d.entry())
     used = {d.checkpoint_name for d in decisions if d.action == LOAD}
+    report.notes = {n: self.source_notes[n] for n in sorted(used) if n in self.source_notes}
     report.unused_checkpoint_tensors = [
         Entry(n, n, v.shape, v.dtype, v.kind) for n, v in self.source_variables.items()
         if n not in used]

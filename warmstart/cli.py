@@ -1,4 +1,4 @@
-"""warmstart: list checkpoints, dry-run warm starts, diff checkpoints and measure drift.
+"""warmstart: list, dry-run warm starts, diff, measure drift and convert checkpoints.
 
 Usage:
   warmstart ls CKPT [--include RE]... [--exclude RE]... [--json]
@@ -25,6 +25,11 @@ Usage:
       --values prints a tensor of both sides; --rename maps B's names onto A's; --plot draws
       the relative change ||B - A|| / ||A|| of each tensor (or layer) coloured by status.
 
+  warmstart convert SRC OUT [--include RE]... [--exclude RE]... [--rename 'PATTERN=TEMPLATE']...
+      Writes SRC's tensors to OUT: OUT.safetensors, OUT.npz, or else a TF checkpoint prefix
+      (OUT.index + OUT.data-00000-of-00001), tensor by tensor, atomically, bit for bit.
+      Rename rules map SRC names to OUT names. OUT must not exist.
+
   warmstart drift --from SRC --model_dir DIR [--logdir LOGDIR] [--include RE]...
                   [--exclude RE]... [--rename 'PATTERN=TEMPLATE']... [--group RE] [--json]
                   [--plot OUT.png]
@@ -37,8 +42,17 @@ Usage:
 extension (.png, .svg, .pdf); it is written whole or not at all.
 
 CKPT, SRC, A, B: a checkpoint prefix (dir/model.ckpt-100), a directory (its latest
-checkpoint), a SavedModel directory or a .npz file. Regexes match whole names
-('mnist/hidden/.*'); flags may be repeated and written with '-' or '_'.
+checkpoint), a SavedModel directory (TF1 or TF2), a TF2 object-based checkpoint
+(tf.train.Checkpoint, Keras save_weights), a Keras .h5 / .weights.h5 file, a .safetensors,
+.npz or .npy file. Tensors are named as the model's variables are (`ls` shows the key in the
+file beside). ls, plan, suggest, diff and convert take the source options
+  --layout tf|torch   'torch': SRC (diff: A and B where they are .safetensors/.npz/.npy) holds
+                      PyTorch layouts; Linear [out, in] and ConvNd [out, in, *k] weights are
+                      transposed to TensorFlow's, and listings say which.
+  --allow_pickle      read a .npy holding a pickled weight dict (Caffe converters); pickles
+                      can run code, so only for files you trust.
+Regexes match whole names ('mnist/hidden/.*'); flags may be repeated and written with '-' or
+'_'.
 
 Exit status, like diff(1): 0 identical / every expectation holds / plan is fine / drift
 measured; 1 differences / an expectation fails; 2 bad usage or unreadable input.
@@ -54,7 +68,7 @@ import time
 from absl import app, flags
 
 import warmstart
-from warmstart import _plot, _select, sources
+from warmstart import _checkpoint, _plot, _select, sources
 from warmstart import _suggest as _suggest_module
 
 _INCLUDE = flags.DEFINE_multi_string(
@@ -92,6 +106,12 @@ _MODEL_DIR = flags.DEFINE_string(
 _LOGDIR = flags.DEFINE_string(
     "logdir", None, "drift: where to write the TensorBoard scalars (default: "
     "MODEL_DIR/warmstart_drift).")
+_LAYOUT = flags.DEFINE_enum(
+    "layout", "tf", ["tf", "torch"],
+    "'torch': the source holds PyTorch layouts (.safetensors, .npz, .npy); Linear and ConvNd "
+    "weights are transposed to TensorFlow's.")
+_ALLOW_PICKLE = flags.DEFINE_boolean(
+    "allow_pickle", False, "Read a .npy that holds a pickled weight dict (only files you trust).")
 _GROUP = flags.DEFINE_string(
     "group", None, "drift: a regex (fully matched) whose first group names a tensor's group; "
     "default: its layer (the name up to the last '/').")
@@ -102,16 +122,19 @@ _DRIFT_LOGDIR = "warmstart_drift"
 EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
 
 # Which of our flags each command takes (anything else given is a usage error).
+_SOURCE_OPTIONS = (_LAYOUT, _ALLOW_PICKLE)
 _COMMAND_FLAGS = {
-    "ls": (_INCLUDE, _EXCLUDE, _JSON),
+    "ls": (_INCLUDE, _EXCLUDE, _JSON, *_SOURCE_OPTIONS),
     "plan": (_FROM, _TO, _INCLUDE, _EXCLUDE, _RENAME, _OPTIMIZER_STATE, _ON_SHAPE_MISMATCH,
-             _JSON),
+             _JSON, *_SOURCE_OPTIONS),
     "diff": (_INCLUDE, _EXCLUDE, _ATOL, _RTOL, _EXPECT_SAME, _EXPECT_CHANGED, _VALUES, _RENAME,
-             _JSON, _PLOT),
-    "suggest": (_FROM, _TO, _JSON),
+             _JSON, _PLOT, *_SOURCE_OPTIONS),
+    "suggest": (_FROM, _TO, _JSON, *_SOURCE_OPTIONS),
     "drift": (_FROM, _MODEL_DIR, _LOGDIR, _INCLUDE, _EXCLUDE, _RENAME, _GROUP, _JSON, _PLOT),
+    "convert": (_INCLUDE, _EXCLUDE, _RENAME, *_SOURCE_OPTIONS),
 }
-_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B"), "suggest": (), "drift": ()}
+_POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B"), "suggest": (), "drift": (),
+                "convert": ("SRC", "OUT")}
 _OWN_FLAGS = sorted({holder.name for holders in _COMMAND_FLAGS.values() for holder in holders})
 _HELP = ("-h", "-help", "--help", "--helpshort", "-?", "help")
 
@@ -160,8 +183,8 @@ def _parse_flags(argv):
 
 def _check_usage(command, args):
   if command not in _COMMAND_FLAGS:
-    raise _Trouble("unknown command %r; the commands are ls, plan, suggest, diff and drift "
-                   "(see --help)" % command)
+    raise _Trouble("unknown command %r; the commands are ls, plan, suggest, diff, drift and "
+                   "convert (see --help)" % command)
   allowed = {holder.name for holder in _COMMAND_FLAGS[command]}
   for name in _OWN_FLAGS:
     if name not in allowed and flags.FLAGS[name].present:
@@ -214,13 +237,31 @@ def _print_json(data):
   print(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
 
 
+def _source(path, *, torch_only=False):
+  """`path` with the --layout / --allow_pickle options (a warmstart.Source when any is given).
+
+  With `torch_only` (diff: A and B), layout 'torch' applies only to the files that can hold
+  PyTorch weights, so converted weights can be compared with their PyTorch originals.
+  """
+  layout = _LAYOUT.value
+  if layout == "tf" and not _ALLOW_PICKLE.value:
+    return path
+  if torch_only and layout != "tf" and warmstart.resolve_checkpoint(path).kind not in (
+      _checkpoint.SAFETENSORS, _checkpoint.NPZ, _checkpoint.NPY):
+    layout = "tf"
+  return warmstart.Source(path, layout=layout, allow_pickle=_ALLOW_PICKLE.value)
+
+
 # ------------------------------------------------------------------------------------------
 # ls
 
 
 def _ls(path):
-  ref = warmstart.resolve_checkpoint(path)
-  variables = warmstart.list_variables(ref)
+  ref = warmstart.resolve_checkpoint(_source(path))
+  with sources.open_reader(ref) as reader:
+    variables = list(reader.variables.values())
+    keys = {v.name: reader.key_of(v.name) for v in variables}
+    notes = dict(reader.notes)
   selected = set(_select.select_names([v.name for v in variables], _INCLUDE.value,
                                       _EXCLUDE.value, "variable of %s" % ref.prefix))
   variables = [v for v in variables if v.name in selected]
@@ -232,19 +273,25 @@ def _ls(path):
   if _JSON.value:
     _print_json({"checkpoint": ref.prefix, "step": ref.step, "kind": ref.kind,
                  "variables": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype,
-                                "nbytes": v.nbytes, "kind": v.kind} for v in variables],
+                                "nbytes": v.nbytes, "kind": v.kind, "key": keys[v.name],
+                                "note": notes.get(v.name, "")} for v in variables],
                  "count": len(variables), "total_bytes": total,
                  "by_kind": {k: {"count": c, "nbytes": n} for k, (c, n) in by_kind.items()}})
     return EXIT_SAME
   print("%s %s%s" % (ref.kind, ref.prefix, "" if ref.step is None else " (step %d)" % ref.step))
+  # The key in the file, where it is not the name (TF2 object paths, .h5 dataset paths).
+  show_keys = any(keys[v.name] != v.name for v in variables)
   rows = [(v.name, _shape(v.shape), v.dtype,
-           _human_bytes(v.nbytes) if v.nbytes or v.dtype != "string" else "?", v.kind)
+           _human_bytes(v.nbytes) if v.nbytes or v.dtype != "string" else "?", v.kind,
+           "  ".join(filter(None, (keys[v.name] if show_keys else "", notes.get(v.name)))))
           for v in variables]
-  header = ("name", "shape", "dtype", "size", "kind")
-  widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
+  header = ("name", "shape", "dtype", "size", "kind",
+            "key in file" if show_keys else ("note" if notes else ""))
+  widths = [max(len(row[i]) for row in [*rows, header]) for i in range(5)]
   for row in [header, *rows]:
-    print("  %-*s  %-*s  %-*s  %*s  %s" % (widths[0], row[0], widths[1], row[1], widths[2],
-                                           row[2], widths[3], row[3], row[4]))
+    print(("  %-*s  %-*s  %-*s  %*s  %-*s  %s" % (
+        widths[0], row[0], widths[1], row[1], widths[2], row[2], widths[3], row[3], widths[4],
+        row[4], row[5])).rstrip())
   print("%d variable%s, %s: %s" % (
       len(variables), "" if len(variables) == 1 else "s", _human_bytes(total),
       ", ".join("%d %s (%s)" % (c, k, _human_bytes(n)) for k, (c, n) in sorted(by_kind.items()))
@@ -265,7 +312,7 @@ def _plan():
   if _INCLUDE.value:
     arguments["include"] = _INCLUDE.value
   try:
-    report = warmstart.plan(_FROM.value, _TO.value, **arguments).report
+    report = warmstart.plan(_source(_FROM.value), _TO.value, **arguments).report
   except warmstart.PlanError as err:
     if err.report is not None:
       print(err.report.to_json() if _JSON.value else err.report)
@@ -281,7 +328,7 @@ def _plan():
 def _suggest():
   if not _FROM.value or not _TO.value:
     raise _Trouble("'suggest' needs --from SRC and --to TARGET_CKPT")
-  suggestion = warmstart.suggest_rename(_FROM.value, _TO.value)
+  suggestion = warmstart.suggest_rename(_source(_FROM.value), _TO.value)
   if _JSON.value:
     _print_json(suggestion.to_dict())
     return EXIT_SAME
@@ -325,12 +372,12 @@ class _Progress:
       self._stream.flush()
 
 
-def _read_values(report, names):
+def _read_values(report, names, source_a, source_b):
   """[(name, [(label, prefix, name_in_that_checkpoint, array or None)])] for --values."""
   b_names = {t.name: t.name_b for t in report.tensors if t.name_b is not None}
   out = []
-  with sources.open_reader(warmstart.resolve_checkpoint(report.a)) as reader_a, \
-       sources.open_reader(warmstart.resolve_checkpoint(report.b)) as reader_b:
+  with sources.open_reader(warmstart.resolve_checkpoint(source_a)) as reader_a, \
+       sources.open_reader(warmstart.resolve_checkpoint(source_b)) as reader_b:
     for name in names:
       name_b = b_names.get(name, name)
       if name not in reader_a.variables and name_b not in reader_b.variables:
@@ -351,15 +398,16 @@ def _diff(path_a, path_b):
   # Bad expectation regexes are usage errors: find them before the (possibly long) diff.
   warmstart.DiffReport("", "", []).check(expect_same, expect_changed)
   rename = _rename_rules(_RENAME.value)
+  source_a, source_b = _source(path_a, torch_only=True), _source(path_b, torch_only=True)
   progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
   try:
-    report = warmstart.diff(path_a, path_b, include=_INCLUDE.value, exclude=_EXCLUDE.value,
+    report = warmstart.diff(source_a, source_b, include=_INCLUDE.value, exclude=_EXCLUDE.value,
                             atol=_ATOL.value, rtol=_RTOL.value, rename=rename,
                             progress=progress)
   finally:
     if progress is not None:
       progress.clear()
-  values = _read_values(report, _VALUES.value or [])
+  values = _read_values(report, _VALUES.value or [], source_a, source_b)
   expecting = bool(expect_same or expect_changed)
   failures = report.check(expect_same, expect_changed) if expecting else []
   status = (EXIT_DIFFERENT if failures else EXIT_SAME) if expecting else (
@@ -431,13 +479,31 @@ def _drift():
 
 
 # ------------------------------------------------------------------------------------------
+# convert
+
+
+def _convert(source, out):
+  ref = warmstart.convert(_source(source), out, include=_INCLUDE.value, exclude=_EXCLUDE.value,
+                          rename=_rename_rules(_RENAME.value))
+  with sources.open_reader(warmstart.resolve_checkpoint(_source(source))) as reader:
+    transposed = sorted(n for n, note in reader.notes.items() if "transposed from torch" in note)
+  variables = warmstart.list_variables(ref)
+  print("wrote %d tensor%s (%s) to %s %s" % (
+      len(variables), "" if len(variables) == 1 else "s",
+      _human_bytes(sum(v.nbytes for v in variables)), ref.kind, ref.prefix))
+  if transposed:
+    print("transposed from PyTorch layout (%d): %s" % (len(transposed), ", ".join(transposed)))
+  return EXIT_SAME
+
+
+# ------------------------------------------------------------------------------------------
 
 
 def main(argv):
   """Runs one command; returns the exit status (0 same, 1 different, 2 trouble)."""
   if len(argv) < 2:
     sys.stderr.write(_error_line("no command given; usage: warmstart "
-                                 "ls|plan|suggest|diff|drift ... (see --help)"))
+                                 "ls|plan|suggest|diff|drift|convert ... (see --help)"))
     return EXIT_TROUBLE
   command, args = argv[1], argv[2:]
   if not flags.FLAGS["verbosity"].present:
@@ -453,6 +519,8 @@ def main(argv):
       return _suggest()
     if command == "drift":
       return _drift()
+    if command == "convert":
+      return _convert(*args)
     return _diff(*args)
   except (_Trouble, warmstart.WarmStartError) as err:
     sys.stderr.write(_error_line(err))

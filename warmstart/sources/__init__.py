@@ -8,11 +8,15 @@ from typing import Optional
 
 import numpy as np
 
-from warmstart import _checkpoint
+from warmstart import _checkpoint, _source
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import WarmStartError
 from warmstart.sources._base import Reader
+from warmstart.sources._h5 import H5Reader
+from warmstart.sources._layout import TorchLayout
+from warmstart.sources._npy import NpyReader
 from warmstart.sources._npz import NpzReader
+from warmstart.sources._safetensors import SafetensorsReader
 from warmstart.sources._tf_bundle import BundleReader
 
 # CheckpointRef.kind -> the Reader subclass that reads it.
@@ -20,6 +24,9 @@ READERS: dict[str, type[Reader]] = {
     _checkpoint.CHECKPOINT: BundleReader,
     _checkpoint.SAVED_MODEL: BundleReader,
     _checkpoint.NPZ: NpzReader,
+    _checkpoint.KERAS_H5: H5Reader,
+    _checkpoint.SAFETENSORS: SafetensorsReader,
+    _checkpoint.NPY: NpyReader,
 }
 
 
@@ -34,7 +41,9 @@ def open_reader(ref: CheckpointRef) -> Reader:
   if reader_class is None:
     raise WarmStartError("no reader for sources of kind %r (%s); readers exist for %s" % (
         ref.kind, ref.prefix, ", ".join(sorted(READERS))))
-  return reader_class(ref)
+  reader = reader_class(ref)
+  # PyTorch layouts are presented in TensorFlow's (Source(path, layout="torch")).
+  return TorchLayout(reader) if ref.layout == _source.TORCH else reader
 
 
 def list_variables(source: Source, step: Optional[int] = None) -> list[VariableInfo]:
@@ -86,5 +95,5 @@ def read_tensor(source: Source, name: str) -> np.ndarray:
     return reader.read(name)
 
 
-__all__ = ("READERS", "BundleReader", "NpzReader", "Reader", "list_variables", "open_reader",
-           "read_tensor")
+__all__ = ("READERS", "BundleReader", "H5Reader", "NpyReader", "NpzReader", "Reader",
+           "SafetensorsReader", "list_variables", "open_reader", "read_tensor")
