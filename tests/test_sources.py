@@ -141,14 +141,17 @@ def test_saved_model_variables(tmp_path):
   module.b = tf.Variable(tf.constant(1.5, tf.bfloat16))
   tf.saved_model.save(module, str(tmp_path / "sm"))
   tf_reader = tf.train.load_checkpoint(str(tmp_path / "sm" / "variables" / "variables"))
-  names = [v.name for v in warmstart.list_variables(tmp_path / "sm")]
-  assert names == sorted(set(tf_reader.get_variable_to_shape_map())
-                         - {"_CHECKPOINTABLE_OBJECT_GRAPH"})
-  for name in names:
+  # A TF2 SavedModel is object-based: both variables are called 'Variable', so each is named by
+  # its object path; key_of gives the key it is stored under.
+  with sources.open_reader(warmstart.resolve_checkpoint(tmp_path / "sm")) as reader:
+    keys = {name: reader.key_of(name) for name in reader.variables}
+  assert keys == {"b": "b/.ATTRIBUTES/VARIABLE_VALUE", "w": "w/.ATTRIBUTES/VARIABLE_VALUE"}
+  assert set(keys.values()) == set(tf_reader.get_variable_to_shape_map()) - {
+      "_CHECKPOINTABLE_OBJECT_GRAPH"}
+  for name, key in keys.items():
     value = warmstart.read_tensor(tmp_path / "sm", name)
-    assert_same_bits(value, np.asarray(tf_reader.get_tensor(name)))
-  assert warmstart.read_tensor(tmp_path / "sm", "b/.ATTRIBUTES/VARIABLE_VALUE").dtype == (
-      ml_dtypes.bfloat16)
+    assert_same_bits(value, np.asarray(tf_reader.get_tensor(key)))
+  assert warmstart.read_tensor(tmp_path / "sm", "b").dtype == ml_dtypes.bfloat16
 
 
 def test_npz_reader(tmp_path):

@@ -1,6 +1,9 @@
 """TensorFlow checkpoints and SavedModel variables (tensor bundles), read without TensorFlow.
 
-Values equal `tf.train.load_checkpoint(prefix).get_tensor(name)` bit for bit, as arrays: the same
+Object-based (TF2) checkpoints list their tensors under the names the model gives its variables
+(`dense/kernel`, from the object graph), `key_of` giving the object path each is stored under.
+
+Values equal `tf.train.load_checkpoint(prefix).get_tensor(key)` bit for bit, as arrays: the same
 numpy dtypes (ml_dtypes' for bfloat16 and friends, storage integers for quantized types, object
 arrays of bytes for strings), partitioned variables assembled from their slices. Every tensor's
 bytes are checked against the checksum in the index as they are read.
@@ -12,10 +15,11 @@ import numpy as np
 from warmstart import _bundle, _dtypes
 from warmstart._checkpoint import CheckpointRef, VariableInfo
 from warmstart._errors import CheckpointReadError
+from warmstart.sources import _object_graph
 from warmstart.sources._base import Reader
 
-# TF's object-graph bookkeeping entry of object-based checkpoints: not a variable.
-OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# The object graph of object-based checkpoints: not a variable, but it names them.
+OBJECT_GRAPH = _object_graph.GRAPH_KEY
 
 
 class BundleReader(Reader):
@@ -34,6 +38,23 @@ class BundleReader(Reader):
       raise CheckpointReadError("cannot read checkpoint %s: %s" % (ref.prefix, err)) from None
     self.variables = {name: VariableInfo.make(name, entry.shape, entry.dtype_name)
                       for name, entry in self.index.entries.items() if name != OBJECT_GRAPH}
+    # An object-based (TF2) checkpoint: tensors are named as the model names its variables.
+    self._keys: dict[str, str] = {}
+    graph = self.index.entries.get(OBJECT_GRAPH)
+    if graph is not None:
+      if graph.dtype_name != _dtypes.STRING or graph.shape != () or graph.sliced:
+        raise CheckpointReadError("checkpoint %s: %s is %s %s; TensorFlow stores a string there"
+                                  % (ref.prefix, OBJECT_GRAPH, graph.dtype_name, graph.shape))
+      try:
+        data = self._read_stored(graph).item()
+      except _bundle.BundleError as err:
+        raise CheckpointReadError("cannot read the object graph of checkpoint %s: %s"
+                                  % (ref.prefix, err)) from None
+      self.variables, self._keys = _object_graph.by_model_names(self.variables, data, ref.prefix)
+
+  def key_of(self, name: str) -> str:
+    self.info(name)
+    return self._keys.get(name, name)
 
   def read(self, name: str) -> np.ndarray:
     info = self.info(name)
