@@ -34,7 +34,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CASE_TIMEOUT = 60  # seconds for one case (ls + diff) before the worker counts as hung
+CASE_TIMEOUT = 90  # seconds for one case (ls + diff) before the worker counts as hung
+H5_TIMEOUT = 15  # seconds the worker's HDF5 child may take (libhdf5 can hang on damaged files)
 
 
 def make_checkpoints(directory):
@@ -196,6 +197,8 @@ def worker():
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   from warmstart import cli  # pylint: disable=g-import-not-at-top
+  from warmstart.sources import _h5  # pylint: disable=g-import-not-at-top
+  _h5.TIMEOUT = H5_TIMEOUT  # a hung HDF5 child ends sooner than a user's would
   out.write("ready\n")
   out.flush()
   for line in sys.stdin:
