@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import sys
 
 import h5py
 import ml_dtypes
@@ -412,3 +413,47 @@ def test_keras_h5_converts_to_a_name_based_checkpoint(keras_files, tmp_path):
     assert same_bits(read(out.prefix, name), value)
   assert sorted(glob.glob(str(tmp_path / "*"))) == [str(tmp_path / "keras.ckpt.data-00000-of-00001"),
                                                     str(tmp_path / "keras.ckpt.index")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line (the real CLI, run in one worker process that imports TensorFlow once)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import fuzz_checkpoints  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cli():
+  worker = fuzz_checkpoints.Worker()
+  yield lambda *argv: worker.run(list(argv))[0]
+  worker.stop()
+
+
+def test_cli_ls_shows_model_names_beside_file_keys(cli, tf2_checkpoints, torch_file):
+  listed = cli("ls", tf2_checkpoints[0])
+  assert listed["code"] == 0, listed
+  line = next(l for l in listed["stdout"].splitlines() if l.strip().startswith("d1/kernel"))
+  assert line.split()[-1] == "model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+  assert "key in file" in listed["stdout"]
+  listed = cli("ls", torch_file, "--layout", "torch", "--json")
+  variables = {v["name"]: v for v in json.loads(listed["stdout"])["variables"]}
+  assert variables["fc.weight"]["shape"] == [8, 10]
+  assert variables["fc.weight"]["note"].startswith("transposed from torch Linear")
+  assert variables["features.1.running_var"]["kind"] == "batchnorm_stat"
+
+
+def test_cli_convert_round_trip_and_report(cli, torch_file, tmp_path):
+  out = str(tmp_path / "tf.ckpt")
+  converted = cli("convert", torch_file, out, "--layout", "torch", "--exclude", "half",
+                  "--rename", r"features\.0\.(.*)=conv/\1")
+  assert converted["code"] == 0, converted
+  written, transposed = converted["stdout"].splitlines()
+  assert written.startswith("wrote 8 tensors (") and written.endswith(") to checkpoint " + out)
+  assert transposed == "transposed from PyTorch layout (2): fc.weight, features.0.weight"
+  assert same_bits(read(out, "conv/weight"),
+                   np.ascontiguousarray(TORCH["features.0.weight"].transpose(2, 3, 1, 0)))
+  again = cli("convert", torch_file, out)
+  assert again["code"] == 2 and "exists" in again["stderr"]
+  diffed = cli("diff", out, str(tmp_path / "tf.ckpt"), "--json")
+  assert diffed["code"] == 0, diffed

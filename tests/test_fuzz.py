@@ -1,4 +1,4 @@
-"""A smaller run of benchmarks/fuzz_checkpoints.py: damaged checkpoints never crash the CLI."""
+"""A smaller run of benchmarks/fuzz_checkpoints.py: damaged sources of every format never crash the CLI."""
 import os
 import sys
 

@@ -39,8 +39,6 @@ from warmstart._checkpoint import VariableInfo
 from warmstart._errors import CheckpointReadError
 from warmstart.sources._base import Reader
 
-MAGIC = b"\x89HDF\r\n\x1a\n"
-EXTENSIONS = (".h5", ".hdf5")
 # Seconds the child may take to list a file or read one dataset (it needs well under one).
 TIMEOUT = 60
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_h5_child.py")

@@ -23,7 +23,6 @@ from warmstart.sources._base import Reader
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"\x93NUMPY"
 EXTENSION = ".npy"
 # The globals a pickle of numpy arrays (Python 2 or 3, numpy 1 or 2) needs, and nothing else.
 _ALLOWED_GLOBALS = frozenset({
@@ -74,7 +73,8 @@ class NpyReader(Reader):
           self._arrays = _weight_dict(file, ref)
           infos = {n: VariableInfo.make(n, a.shape, a.dtype) for n, a in self._arrays.items()}
         else:
-          name = os.path.basename(ref.prefix)[:-len(EXTENSION)] or "array"
+          stem, extension = os.path.splitext(os.path.basename(ref.prefix))
+          name = stem if extension == EXTENSION and stem else os.path.basename(ref.prefix)
           nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
           available = os.fstat(file.fileno()).st_size - file.tell()
           if nbytes > available:

@@ -12,14 +12,12 @@ import struct
 from typing import Any
 
 import numpy as np
-import safetensors
 
 from warmstart import _dtypes
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import CheckpointReadError, WarmStartError, first_line
 from warmstart.sources._base import Reader
 
-EXTENSION = ".safetensors"
 # The format's dtype codes and TensorFlow's names for the same types.
 DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -30,15 +28,6 @@ DTYPES = {
 CODES = {name: code for code, name in DTYPES.items()}
 # Read from the file directly: safetensors 0.8's numpy API has no float8 types.
 _RAW = ("float8_e4m3fn", "float8_e5m2")
-_MAX_HEADER = 100_000_000  # the package's own limit
-
-
-def looks_like(head: bytes) -> bool:
-  """Whether the first bytes of a file look like a safetensors header."""
-  if len(head) < 10:
-    return False
-  (size,) = struct.unpack("<Q", head[:8])
-  return 2 <= size <= _MAX_HEADER and head[8:9] == b"{"
 
 
 class SafetensorsReader(Reader):
@@ -48,6 +37,7 @@ class SafetensorsReader(Reader):
     super().__init__(ref)
     self._file: Any = None
     try:
+      import safetensors  # pylint: disable=g-import-not-at-top  (only for .safetensors sources)
       self._file = safetensors.safe_open(ref.prefix, framework="numpy")
       infos = {}
       for name in self._file.offset_keys():
@@ -57,7 +47,6 @@ class SafetensorsReader(Reader):
           raise CheckpointReadError("%s: tensor %r has dtype %s, which TensorFlow has no type for"
                                     % (ref.prefix, name, code))
         infos[name] = VariableInfo.make(name, piece.get_shape(), DTYPES[code])
-      self.metadata = dict(self._file.metadata() or {})
     except WarmStartError:
       raise
     except Exception as err:  # SafetensorError, OSError, ...
