@@ -10,7 +10,6 @@ import os
 import pickle
 import sys
 
-import h5py
 import ml_dtypes
 import numpy as np
 import pytest
@@ -101,48 +100,8 @@ def test_same_layer_names_in_two_nested_models_keep_their_prefixes(tmp_path):
     assert "2 datasets are named d/kernel" in reader.notes["tower_a/d/kernel"]
 
 
-# ---------------------------------------------------------------------------------------------
-# The acceptance test: a keras.applications model's .h5 warm-starts an Estimator.
-
-
-def mobilenet():
-  return tf.keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None,
-                                         classes=4)
-
-
-def mobilenet_model_fn(features, labels, mode):
-  logits = mobilenet()(features["x"], training=False)
-  loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
-  # No update but the step: the checkpoint after the first step holds the warm-started values.
-  train_op = tf.compat.v1.assign_add(tf.compat.v1.train.get_global_step(), 1)
-  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
-
-
-def test_keras_applications_h5_warm_starts_an_estimator_bit_for_bit(tmp_path):
-  model = mobilenet()
-  model.save_weights(str(tmp_path / "mobilenet.h5"))
-  expected = {w.name[:-2]: w.numpy() for w in model.weights}
-  tf.keras.backend.clear_session()
-
-  def input_fn():
-    return tf.data.Dataset.from_tensors(
-        ({"x": np.zeros((2, 32, 32, 3), F32)}, np.zeros(2, np.int32)))
-
-  estimator = warmstart.estimator_from(mobilenet_model_fn, model_dir=str(tmp_path / "model"),
-                                       warm_start_from=str(tmp_path / "mobilenet.h5"))
-  estimator.train(input_fn, max_steps=1)
-  with open(tmp_path / "model" / "warmstart_report.json") as f:
-    report = json.load(f)
-  assert len(report["loaded"]) == len(expected) == 137
-  assert report["missing"] == [] and report["not_selected"] == []
-  assert [e["name"] for e in report["skipped"]] == ["global_step"]
-  reader = tf.train.load_checkpoint(str(tmp_path / "model"))
-  for name, value in expected.items():
-    assert same_bits(reader.get_tensor(name), value), name
-  # Checked against the file itself too (h5py, not warmstart's reader).
-  with h5py.File(tmp_path / "mobilenet.h5", "r") as f:
-    assert same_bits(reader.get_tensor("conv_dw_1/depthwise_kernel"),
-                     f["conv_dw_1/conv_dw_1/depthwise_kernel:0"][()])
+# The acceptance test, a keras.applications model's .h5 file warm-starting an Estimator, is the
+# README's worked example (tests/test_readme.py runs it and checks every value).
 
 
 # ---------------------------------------------------------------------------------------------
