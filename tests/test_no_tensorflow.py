@@ -42,8 +42,14 @@ def checkpoints(tmp_path_factory):
   a = {"dense/kernel": np.ones([3, 2], np.float32), "dense/bias": np.zeros([2], np.float32),
        "words": np.array([b"a", b"bc"]), "global_step": np.int64(3)}
   b = dict(a, **{"dense/bias": np.ones([2], np.float32)})
+  import h5py  # pylint: disable=g-import-not-at-top
+  with h5py.File(root / "keras.h5", "w") as f:  # Keras' .h5 layout
+    f.attrs["layer_names"] = [b"dense"]
+    f.create_group("dense").attrs["weight_names"] = [b"dense/kernel:0"]
+    f["dense/dense/kernel:0"] = np.ones([3, 2], np.float32)
   return {"a": write_checkpoint(root / "a", a, step=3), "a_dir": str(root / "a"),
-          "b": write_checkpoint(root / "b", b, step=4), "logdir": str(root / "logs")}
+          "b": write_checkpoint(root / "b", b, step=4), "logdir": str(root / "logs"),
+          "root": str(root)}
 
 
 LIBRARY_CALLS = [
@@ -53,6 +59,10 @@ LIBRARY_CALLS = [
     "warmstart.diff({a!r}, {b!r})",
     "warmstart.plan({a!r}, {b!r})",
     "warmstart.drift({b!r}, {a_dir!r}).write_summaries({logdir!r})",
+    "warmstart.convert({a!r}, {root!r} + '/a.safetensors', exclude='words')",
+    "warmstart.convert({root!r} + '/a.safetensors', {root!r} + '/a.npz')",
+    "warmstart.convert({root!r} + '/a.npz', {root!r} + '/back.ckpt')",
+    "warmstart.read_tensor({root!r} + '/keras.h5', 'dense/kernel')",
 ]
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
-from warmstart import _checkpoint, _finetune, _hints, _kinds, _rename, _select, sources
+from warmstart import _checkpoint, _finetune, _hints, _kinds, _rename, _select, _source, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 from warmstart._rename import Rules
@@ -489,7 +489,7 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
                     optimizer_state=optimizer_state, step=step, check_finite=check_finite)
   fine_tuning = _finetune.FineTuning(freeze_batchnorm_stats=freeze_batchnorm_stats,
                                      unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
-  if isinstance(target, (str, os.PathLike, CheckpointRef)):
+  if isinstance(target, (str, os.PathLike, CheckpointRef, _source.Source)):
     variables = sources.list_variables(target)
     result = planner.plan(variables, target_hint=os.fspath(
         target.prefix if isinstance(target, CheckpointRef) else target))
