@@ -392,7 +392,7 @@ def cli():
 def test_cli_ls_shows_model_names_beside_file_keys(cli, tf2_checkpoints, torch_file):
   listed = cli("ls", tf2_checkpoints[0])
   assert listed["code"] == 0, listed
-  line = next(l for l in listed["stdout"].splitlines() if l.strip().startswith("d1/kernel"))
+  line = next(row for row in listed["stdout"].splitlines() if row.strip().startswith("d1/kernel"))
   assert line.split()[-1] == "model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
   assert "key in file" in listed["stdout"]
   listed = cli("ls", torch_file, "--layout", "torch", "--json")

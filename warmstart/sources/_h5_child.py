@@ -47,8 +47,6 @@ _POSITIONS = {
 }
 
 
-
-
 class Refused(Exception):
   """A file or dataset this reader will not read; the message says why."""
 
@@ -61,8 +59,8 @@ def _child(group, name: str, where: str):
   if link is None:
     raise Refused("%s: %s has no member %r" % (where, group.name, name))
   if not isinstance(link, h5py.HardLink):
-    raise Refused("%s: %s/%s is a %s; only plain members are read (a link could point "
-                              "outside the file)" % (where, group.name, name, type(link).__name__))
+    raise Refused("%s: %s/%s is a %s; only plain members are read (a link could point outside "
+                  "the file)" % (where, group.name, name, type(link).__name__))
   return group[name]
 
 
@@ -98,7 +96,8 @@ def _list(file: h5py.File, source: str) -> tuple[str, list[tuple[str, str, str]]
   raise Refused(
       "%s is an HDF5 file but not Keras weights: it has no 'layer_names' attribute (Keras "
       "save_weights .h5), no 'model_weights' group (a Keras model .h5) and no 'layers' group (a "
-      "Keras 3 .weights.h5); its top-level entries: %s" % (source, ", ".join(list(file)[:8]) or "none"))
+      "Keras 3 .weights.h5); its top-level entries: %s"
+      % (source, ", ".join(list(file)[:8]) or "none"))
 
 
 def _legacy_name(layer: str, weight: str) -> str:
@@ -147,7 +146,7 @@ def _v3(file, source: str) -> list[tuple[str, str, str, str]]:
     seen.add((info.fileno, info.addr))
     if len(path) > _MAX_DEPTH or len(seen) > _MAX_OBJECTS:
       raise Refused("%s: groups nest deeper than %d levels or number more than %d"
-                                % (source, _MAX_DEPTH, _MAX_OBJECTS))
+                    % (source, _MAX_DEPTH, _MAX_OBJECTS))
     for member in sorted(group):
       child = _child(group, member, source)
       if not isinstance(child, h5py.Group):
@@ -164,7 +163,7 @@ def _v3_variables(group, path: tuple[str, ...], source: str):
   indices = sorted(group, key=lambda i: int(i) if i.isdigit() else -1)
   if any(not i.isdigit() for i in indices):
     raise Refused("%s: %s holds %r; Keras numbers its variables 0, 1, ..."
-                              % (source, group.name, next(i for i in indices if not i.isdigit())))
+                  % (source, group.name, next(i for i in indices if not i.isdigit())))
   layers = [p for p in path if p != "layers"]
   layer = layers[-1] if layers else ""
   known = _POSITIONS.get(_COUNTER.sub("", layer), ())
@@ -191,7 +190,7 @@ def _unique(entries) -> list[tuple[str, str, str]]:
 
 
 def _checked(dataset: h5py.Dataset, path: str, file_size: int) -> dict:
-  """(shape, dtype) of a dataset after checking it can be read safely."""
+  """{shape, dtype, offset (None unless contiguous), nbytes} of a dataset checked to be safe."""
   dtype = dataset.dtype
   if dtype.kind not in "biufc" or dtype.fields is not None:
     raise Refused("%s has dtype %s; weights are numbers" % (path, dtype))
@@ -199,13 +198,13 @@ def _checked(dataset: h5py.Dataset, path: str, file_size: int) -> dict:
     raise Refused("%s has no shape (an empty HDF5 dataspace)" % path)
   if dataset.external or dataset.is_virtual:
     raise Refused("%s keeps its data in other files (external or virtual storage); "
-                              "only data inside the file is read" % path)
+                  "only data inside the file is read" % path)
   plist = dataset.id.get_create_plist()
   filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
   unknown = [f for f in filters if f not in _BUILTIN_FILTERS]
   if unknown:
     raise Refused("%s needs HDF5 filter %d, which is not built in; only HDF5's own "
-                              "filters are used" % (path, unknown[0]))
+                  "filters are used" % (path, unknown[0]))
   shape = tuple(int(d) for d in dataset.shape)
   nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
   stored = dataset.id.get_storage_size()
@@ -213,10 +212,10 @@ def _checked(dataset: h5py.Dataset, path: str, file_size: int) -> dict:
   limit = stored * _MAX_EXPANSION if filters else stored
   if nbytes > limit and nbytes > 64:  # tiny datasets may live in the object header
     raise Refused("%s declares %d bytes (shape %s, %s) but stores %d; the file is "
-                              "damaged or crafted" % (path, nbytes, shape, dtype, stored))
+                  "damaged or crafted" % (path, nbytes, shape, dtype, stored))
   if stored > file_size or (offset is not None and offset + stored > file_size):
     raise Refused("%s: its %d bytes at offset %s lie past the end of the file (%d "
-                              "bytes); the file is truncated" % (path, stored, offset, file_size))
+                  "bytes); the file is truncated" % (path, stored, offset, file_size))
   return {"shape": list(shape), "dtype": dtype.str, "offset": offset, "nbytes": nbytes}
 
 
