@@ -57,10 +57,11 @@ def _renamed(names: list[str], rules: tuple[_rename.Rule, ...]) -> dict[str, str
       raise PatternError("rename maps both %r and %r to %r; output names must be unique"
                          % (mapping[new], name, new))
     mapping[new] = name
-  unused = [str(r) for r in rules if r not in used]
+  unused = [r for r in rules if r not in used]
   if unused:
     raise PatternError("rename rule(s) never used: %s. Rules match whole source tensor names.%s"
-                       % ("; ".join(unused), _select.closest(rules[0].pattern.text, names)))
+                       % ("; ".join(map(str, unused)), _select.closest(unused[0].pattern.text,
+                                                                        names)))
   return mapping
 
 
