@@ -20,7 +20,7 @@ import numpy as np
 from warmstart._checkpoint import VariableInfo
 from warmstart.sources._base import Reader
 
-_EMBEDDING = re.compile(r".*(embed|^wte$|^wpe$).*")
+_EMBEDDING = re.compile(r".*embed.*|wte|wpe")  # a name component of an embedding table
 _CONV = {3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
 
 
