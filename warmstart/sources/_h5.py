@@ -22,15 +22,19 @@ names keep the model's prefix to stay apart. `key_of` gives each dataset's path 
 Every dataset is checked before it is read: a numeric dtype, no external or virtual storage, only
 HDF5's built-in filters, and a declared size the stored bytes can hold.
 
-libhdf5 runs in a child process (`_h5_child.py`) with a time limit, because it can hang or crash
-on a crafted file; the child lists and checks the datasets, and the parent reads the bytes of
-contiguous ones (all that Keras writes) straight from the file at the offsets checked.
+libhdf5 runs in a child process (`_h5_child.py`) with a time limit per request, because it can
+hang or crash on a crafted file; the child lists and checks the datasets, and the parent reads the
+bytes of contiguous ones (all that Keras writes) straight from the file at the offsets checked.
 """
+import atexit
 import functools
 import json
 import os
+import selectors
 import subprocess
 import sys
+import threading
+import time
 from typing import Optional
 
 import numpy as np
@@ -44,31 +48,87 @@ TIMEOUT = 60
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_h5_child.py")
 
 
-def _run_child(source: str, *args: str) -> bytes:
-  """Runs `_h5_child.py ARGS`; returns its stdout, or raises CheckpointReadError."""
-  what = "reading %s" % args[-1] if args[0] == "read" else "listing"
-  try:
-    done = subprocess.run([sys.executable, _CHILD, *args], capture_output=True, timeout=TIMEOUT,
-                          check=False)
-  except subprocess.TimeoutExpired:
-    raise CheckpointReadError("cannot read %s: the HDF5 library did not finish %s within %d s; "
-                              "the file is damaged or crafted" % (source, what, TIMEOUT)) from None
-  if done.returncode == 0:
-    return done.stdout
-  try:
-    message = json.loads(done.stdout)["error"]
-  except (ValueError, KeyError, TypeError):
-    message = "the HDF5 library stopped (exit status %d) while %s; the file is damaged or crafted" % (
-        done.returncode, what)
-  raise CheckpointReadError(message if source in message else
-                            "cannot read Keras weights file %s: %s" % (source, message))
+class _Child:
+  """The long-lived child process that runs libhdf5 (`_h5_child.py`), started on first use.
+
+  Starting Python with numpy and h5py takes a fraction of a second, so one child serves every
+  request of a process. A request that takes longer than TIMEOUT (libhdf5 looping on a crafted
+  file) kills the child, and so does one that ends it (a crash); the next request starts a new
+  one. Each is one CheckpointReadError.
+  """
+
+  def __init__(self):
+    self._process: Optional[subprocess.Popen] = None
+    self._lock = threading.Lock()
+
+  def _start(self) -> subprocess.Popen:
+    if self._process is None or self._process.poll() is not None:
+      self._process = subprocess.Popen([sys.executable, _CHILD], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       bufsize=0)
+    return self._process
+
+  def stop(self) -> None:
+    if self._process is not None:
+      self._process.kill()
+      self._process.wait()
+      self._process = None
+
+  def _read(self, process: subprocess.Popen, count: int, deadline: float) -> bytes:
+    """`count` bytes of the child's answer, or b"" if it ended or missed the deadline."""
+    assert process.stdout is not None
+    data = bytearray()
+    with selectors.DefaultSelector() as selector:
+      selector.register(process.stdout, selectors.EVENT_READ)
+      while len(data) < count:
+        if not selector.select(max(0.0, deadline - time.monotonic())):
+          return b""
+        piece = os.read(process.stdout.fileno(), min(count - len(data), 1 << 24))
+        if not piece:
+          return b""
+        data += piece
+    return bytes(data)
+
+  def call(self, source: str, request: list) -> bytes:
+    """The child's answer to `request`; CheckpointReadError if it refuses, hangs or dies."""
+    what = "reading %s" % request[-1] if request[0] == "read" else "listing"
+    with self._lock:
+      process = self._start()
+      assert process.stdin is not None
+      deadline = time.monotonic() + TIMEOUT
+      try:
+        process.stdin.write(json.dumps(request).encode() + b"\n")
+      except OSError:
+        header = b""
+      else:
+        header = self._read(process, 9, deadline)
+      payload = self._read(process, int.from_bytes(header[1:], "little"), deadline) \
+          if len(header) == 9 else b""
+      if len(header) != 9 or len(payload) != int.from_bytes(header[1:], "little"):
+        hung = process.poll() is None
+        self.stop()
+        raise CheckpointReadError(
+            "cannot read %s: the HDF5 library %s while %s; the file is damaged or crafted" % (
+                source, "did not finish within %d s" % TIMEOUT if hung else "stopped", what))
+    if header[0] == 0:
+      return payload
+    try:
+      message = json.loads(payload)["error"]
+    except (ValueError, KeyError, TypeError):
+      message = "unreadable answer from the HDF5 child process"
+    raise CheckpointReadError(message if source in message else
+                              "cannot read Keras weights file %s: %s" % (source, message))
+
+
+_child = _Child()
+atexit.register(_child.stop)
 
 
 @functools.lru_cache(maxsize=16)
 def _listing(path: str, stamp: tuple[int, int]) -> dict:
   """The child's listing of a file, cached by (path, (mtime, size))."""
   del stamp  # part of the cache key only
-  output = _run_child(path, "list", path)
+  output = _child.call(path, ["list", path])
   try:
     return json.loads(output)
   except json.JSONDecodeError as err:
@@ -113,7 +173,7 @@ class H5Reader(Reader):
     dtype = np.dtype(entry["dtype"])
     count = int(np.prod(info.shape, dtype=np.int64))
     if entry["offset"] is None:  # chunked, compressed or compact: HDF5 decodes it
-      data = _run_child(self.ref.prefix, "read", self.ref.prefix, entry["path"])
+      data = _child.call(self.ref.prefix, ["read", self.ref.prefix, entry["path"]])
       dtype = dtype.newbyteorder("=")
     else:  # contiguous: the bytes are in the file as they are (offset checked above)
       try:

@@ -6,11 +6,10 @@ So every call into it happens here, in a child process with a time limit, and a 
 becomes one clear error in the parent. This file imports only h5py and numpy (not warmstart, not
 TensorFlow), so the child starts fast.
 
-    python _h5_child.py list FILE       -> JSON {"layout": ..., "entries": [...]} on stdout
-    python _h5_child.py read FILE PATH  -> the dataset's bytes (C order, native) on stdout
-
-A refusal (a file that is not Keras weights, a dataset that cannot be read safely) is JSON
-{"error": message} on stdout with exit status 3.
+One child serves a process's requests, one JSON line each on stdin (see `_serve`):
+["list", FILE] answers {"layout": ..., "entries": [...]}, ["read", FILE, DATASET] the dataset's
+bytes (C order, native byte order); a refusal (a file that is not Keras weights, a dataset that
+cannot be read safely) answers {"error": message}.
 """
 import collections
 import json
@@ -248,20 +247,28 @@ def read_dataset(path: str, dataset_path: str) -> bytes:
   return np.ascontiguousarray(value.astype(value.dtype.newbyteorder("="), copy=False)).tobytes()
 
 
-def main(argv) -> int:
-  try:
-    if argv[1] == "list" and len(argv) == 3:
-      sys.stdout.write(json.dumps(list_file(argv[2])))
-    elif argv[1] == "read" and len(argv) == 4:
-      sys.stdout.buffer.write(read_dataset(argv[2], argv[3]))
-    else:
-      raise Refused("usage: _h5_child.py list FILE | read FILE DATASET")
-  except Exception as err:  # every refusal and h5py error goes back as one message
-    text = str(err).strip().splitlines()
-    sys.stdout.write(json.dumps({"error": text[0] if text else type(err).__name__}))
-    return 3
-  return 0
+def _serve(requests, responses) -> None:
+  """Answers one request per line until stdin closes.
+
+  A request is a JSON list: ["list", FILE] or ["read", FILE, DATASET]. A response is a status
+  byte (0 ok, 3 refused), the payload's length (8 bytes, little-endian) and the payload: the
+  listing as JSON, the dataset's bytes, or {"error": message} as JSON.
+  """
+  for line in requests:
+    try:
+      request = json.loads(line)
+      if request[0] == "list" and len(request) == 2:
+        status, payload = 0, json.dumps(list_file(request[1])).encode()
+      elif request[0] == "read" and len(request) == 3:
+        status, payload = 0, read_dataset(request[1], request[2])
+      else:
+        raise Refused("unknown request %r" % (request,))
+    except Exception as err:  # every refusal and h5py error goes back as one message
+      text = str(err).strip().splitlines()
+      status, payload = 3, json.dumps({"error": text[0] if text else type(err).__name__}).encode()
+    responses.write(bytes([status]) + len(payload).to_bytes(8, "little") + payload)
+    responses.flush()
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  _serve(sys.stdin.buffer, sys.stdout.buffer)
