@@ -416,3 +416,29 @@ def test_cli_convert_round_trip_and_report(cli, torch_file, tmp_path):
   assert again["code"] == 2 and "exists" in again["stderr"]
   diffed = cli("diff", out, str(tmp_path / "tf.ckpt"), "--json")
   assert diffed["code"] == 0, diffed
+
+
+@pytest.mark.parametrize("behaviour, words", [
+    ("import time; time.sleep(60)", "did not finish within 2 s while listing"),
+    ("import os; os.abort()", "stopped while listing"),
+])
+def test_a_hanging_or_crashing_hdf5_library_is_one_error(keras_files, tmp_path, monkeypatch,
+                                                         behaviour, words):
+  """libhdf5 can loop or crash on a crafted file (the fuzz found a hang): its child process can.
+
+  A stand-in child that hangs or aborts shows the parent's side: one CheckpointReadError, and the
+  next request gets a fresh, working child.
+  """
+  from warmstart.sources import _h5
+  script = tmp_path / "child.py"
+  script.write_text("import sys\nsys.stdin.readline()\n%s\n" % behaviour)
+  path = str(tmp_path / "copy.h5")  # not listed (cached) yet
+  with open(keras_files[0]["weights"], "rb") as src, open(path, "wb") as dst:
+    dst.write(src.read())
+  monkeypatch.setattr(_h5, "TIMEOUT", 2)
+  monkeypatch.setattr(_h5, "_CHILD", str(script))
+  _h5._child.stop()  # pylint: disable=protected-access
+  with pytest.raises(warmstart.CheckpointReadError, match=words):
+    warmstart.list_variables(path)
+  monkeypatch.undo()
+  assert len(warmstart.list_variables(path)) == len(keras_files[1])

@@ -105,7 +105,11 @@ class _Child:
       payload = self._read(process, int.from_bytes(header[1:], "little"), deadline) \
           if len(header) == 9 else b""
       if len(header) != 9 or len(payload) != int.from_bytes(header[1:], "little"):
-        hung = process.poll() is None
+        try:  # ended (its pipe closed), or still running past the deadline?
+          process.wait(timeout=1)
+          hung = False
+        except subprocess.TimeoutExpired:
+          hung = True
         self.stop()
         raise CheckpointReadError(
             "cannot read %s: the HDF5 library %s while %s; the file is damaged or crafted" % (
