@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 import warmstart
-from warmstart import _checkpoint, _suggest
+from warmstart import _checkpoint, _suggest, sources
 
 
 def infos(triples):
@@ -222,19 +222,11 @@ class Result:
     return self.correct / self.truth_pairs
 
 
-def run(label, model, checkpoint, truth, *, aliases=None, ordered=False):
+def run(label, model, checkpoint, truth, *, ordered=False):
   model, checkpoint = infos(model), infos(checkpoint)
   ref = _checkpoint.CheckpointRef("(names)", None, "names")
   start = time.perf_counter()
-  if aliases is None:
-    suggestion = _suggest._suggest(ref, checkpoint, model, "(names)", ordered)
-  else:
-    original = _suggest.saved_names
-    _suggest.saved_names = lambda _: aliases
-    try:
-      suggestion = _suggest._suggest(ref, checkpoint, model, "(names)", ordered)
-    finally:
-      _suggest.saved_names = original
+  suggestion = _suggest._suggest(ref, checkpoint, model, "(names)", ordered)
   seconds = time.perf_counter() - start
   shapes = {v.name: v.shape for v in model}
   ckpt_shapes = {v.name: v.shape for v in checkpoint}
@@ -290,12 +282,17 @@ def main():
   with tempfile.TemporaryDirectory() as directory:
     for name, model in list(keras.items())[:5]:
       names, prefix, truth = tf2_object_pair(model, os.path.join(directory, name))
-      checkpoint = [(v.name, v.shape, v.dtype) for v in warmstart.list_variables(prefix)]
-      aliases = _suggest.saved_names(warmstart.resolve_checkpoint(prefix))
-      results.append(run("TF2 object ckpt -> Keras %s" % name, names, checkpoint, truth,
-                         aliases=aliases))
+      # The reader lists a TF2 checkpoint under the names the object graph recorded; "structure
+      # only" lists it by object path (the keys) instead.
+      with sources.open_reader(warmstart.resolve_checkpoint(prefix)) as reader:
+        listed = list(reader.variables.values())
+        name_of = {reader.key_of(v.name): v.name for v in listed}
+      checkpoint = [(v.name, v.shape, v.dtype) for v in listed]
+      by_path = [(key, v.shape, v.dtype) for key, v in zip(name_of, listed)]
+      results.append(run("TF2 object ckpt -> Keras %s" % name, names, checkpoint,
+                         {m: name_of[k] for m, k in truth.items()}))
       results.append(run("TF2 object ckpt -> Keras %s, structure only" % name, names,
-                         checkpoint, truth, aliases={}))
+                         by_path, truth))
     if slim:
       # End to end through checkpoint files (real shapes, zeros): reading names included.
       source = os.path.join(directory, "slim", "model.ckpt")

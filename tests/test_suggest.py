@@ -7,6 +7,7 @@ the shape collisions of the real nets (a bottleneck as wide as its input, every 
 projection of one shape). Then: the mapping equals the truth, no pair differs in shape, the
 rules reproduce the mapping through `plan`, and values warm-started through them are identical.
 """
+import dataclasses
 import json
 import os
 import re
@@ -20,7 +21,7 @@ import tensorflow as tf
 from conftest import read, register_source, same_bits, write_checkpoint
 
 import warmstart
-from warmstart import _match, cli
+from warmstart import _match, cli, sources
 from warmstart._checkpoint import VariableInfo
 
 F32 = np.float32
@@ -180,7 +181,7 @@ def keras_cnn():
 def keras_object(tmp_path_factory):
   root = tmp_path_factory.mktemp("tf2")
   model = keras_cnn()
-  truth = {}
+  truth, paths = {}, {}
   counters = {"conv2d": 17, "batch_normalization": 17, "dense": 3}
   target = {}
   for index, layer in enumerate(layer for layer in model.layers if layer.weights):
@@ -191,12 +192,16 @@ def keras_object(tmp_path_factory):
     for weight in layer.weights:
       leaf = weight.name.split("/")[-1].split(":")[0]
       weight.assign(np.random.RandomState(len(truth)).standard_normal(weight.shape))
-      truth["%s/%s" % (scope, leaf)] = (
+      # The checkpoint lists each tensor under the name its variable had (from the object
+      # graph); its key is the object path.
+      truth["%s/%s" % (scope, leaf)] = weight.name.split(":")[0]
+      paths["%s/%s" % (scope, leaf)] = (
           "model/layer_with_weights-%d/%s/.ATTRIBUTES/VARIABLE_VALUE" % (index, leaf))
       target["%s/%s" % (scope, leaf)] = np.zeros(weight.shape, F32)
   source = tf.train.Checkpoint(model=model).write(str(root / "tf2" / "ckpt"))
   register_source(source)
-  return dict(source=source, target=write_checkpoint(root / "keras", target), truth=truth)
+  return dict(source=source, target=write_checkpoint(root / "keras", target), truth=truth,
+              paths=paths)
 
 
 def test_keras_auto_numbered_names_from_tf2_object_checkpoint(keras_object):
@@ -206,10 +211,14 @@ def test_keras_auto_numbered_names_from_tf2_object_checkpoint(keras_object):
   assert s.unmatched_model == []
   plan = warmstart.plan(source, target, rename=s.rules)
   assert loaded(plan) == s.mapping
-  # Without the names the object graph recorded, structure alone (order within each class of
-  # tensor, shapes) still pairs the four same-shaped conv/bn layers correctly.
-  found = _match.match(warmstart.list_variables(target), warmstart.list_variables(source))
-  assert found.mapping == truth
+  # Without the names the object graph recorded (the tensors listed by object path), structure
+  # alone (order within each class of tensor, shapes) still pairs the four same-shaped conv/bn
+  # layers correctly.
+  with sources.open_reader(warmstart.resolve_checkpoint(source)) as reader:
+    by_path = [dataclasses.replace(v, name=reader.key_of(v.name))
+               for v in reader.variables.values()]
+  found = _match.match(warmstart.list_variables(target), by_path)
+  assert found.mapping == keras_object["paths"]
 
 
 # ---------------------------------------------------------------------------------------------

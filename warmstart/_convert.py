@@ -12,7 +12,7 @@ from typing import Union
 
 from warmstart import _checkpoint, _rename, _select, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
-from warmstart._errors import PatternError, WarmStartError
+from warmstart._errors import WarmStartError
 from warmstart._rename import Rules
 from warmstart._select import Patterns
 from warmstart.sources import _writers
@@ -43,26 +43,6 @@ def _output(out: str) -> tuple[str, list[str]]:
     raise WarmStartError("convert output %s exists; convert never replaces files (and so never "
                          "writes over a source). Remove it or choose another name." % existing[0])
   return form, files
-
-
-def _renamed(names: list[str], rules: tuple[_rename.Rule, ...]) -> dict[str, str]:
-  """{output name: source name}; every rule must be used and no two names may collide."""
-  mapping: dict[str, str] = {}
-  used = set()
-  for name in names:
-    new, rule = _rename.checkpoint_name(rules, name)
-    if rule is not None:
-      used.add(rule)
-    if new in mapping:
-      raise PatternError("rename maps both %r and %r to %r; output names must be unique"
-                         % (mapping[new], name, new))
-    mapping[new] = name
-  unused = [r for r in rules if r not in used]
-  if unused:
-    raise PatternError("rename rule(s) never used: %s. Rules match whole source tensor names.%s"
-                       % ("; ".join(map(str, unused)), _select.closest(unused[0].pattern.text,
-                                                                        names)))
-  return mapping
 
 
 def convert(source: Source, out: Union[str, os.PathLike], *, include: Patterns = None,
@@ -105,7 +85,8 @@ def convert(source: Source, out: Union[str, os.PathLike], *, include: Patterns =
   with sources.open_reader(ref) as reader:
     names = _select.select_names(list(reader.variables), include, exclude,
                                  "tensor of %s" % ref.prefix)
-    mapping = _renamed(names, rules)
+    mapping = _rename.rename_all(rules, names, of=" of the source",
+                                 clash="output names must be unique")
     infos = []
     for new, old in sorted(mapping.items()):
       info = reader.variables[old]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from warmstart import _bundle, _checkpoint, _drift, _rename, _select, sources
-from warmstart._errors import CheckpointReadError, PatternError, WarmStartError
+from warmstart._errors import CheckpointReadError, WarmStartError
 
 logger = logging.getLogger(__name__)
 
@@ -595,25 +595,8 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
 
 def _b_to_a_names(rules, names_b):
   """{name in A: name in B} after mapping B's names with the rename rules."""
-  mapping: dict[str, str] = {}
-  used: set[_rename.AnyRule] = set()
-  for name_b in names_b:
-    name_a, rule = _rename.checkpoint_name(rules, name_b)
-    if rule is not None:
-      used.add(rule)
-    if name_a in mapping:
-      raise PatternError("rename maps both %r and %r of B onto %r; each A tensor can be compared "
-                         "with one B tensor only" % (mapping[name_a], name_b, name_a))
-    mapping[name_a] = name_b
-  unused = [rule for rule in rules if rule not in used]
-  if unused:
-    first = unused[0]
-    raise PatternError("rename rule%s %s matched no tensor of B.%s" % (
-        "s" if len(unused) > 1 else "", ", ".join(map(str, unused)),
-        " (it returned None or the name itself for all %d)" % len(names_b)
-        if isinstance(first, _rename.FunctionRule) else _select.closest(first.pattern.text,
-                                                                         names_b)))
-  return mapping
+  return _rename.rename_all(rules, names_b, of=" of B",
+                            clash="each A tensor can be compared with one B tensor only")
 
 
 def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patterns = None,

@@ -128,13 +128,13 @@ def build_hook(plan: _plan.Plan, variables: Mapping, source_variables: Mapping,
   logger.info("track_drift: %d variable%s in %d group%s; the source copies take %s",
               len(tracked), "" if len(tracked) == 1 else "s", group_count,
               "" if group_count == 1 else "s", _human_bytes(copied))
-  prefix = _apply.materialize(plan.source)
+  prefix, keys = _apply.materialize(plan.source, {source_name for _, source_name, _ in tracked})
   delta_squared, source_squared = [], []
   with tf.compat.v1.name_scope("warmstart_drift/"):
     for name, source_name, _ in tracked:
       deltas, norms = [], []
       for part in variables[name][1]:
-        delta, norm = _squares(part, prefix, source_name)
+        delta, norm = _squares(part, prefix, keys[source_name])
         deltas.append(delta)
         norms.append(norm)
       delta_squared.append(tf.add_n(deltas))

@@ -492,7 +492,8 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
   if isinstance(target, (str, os.PathLike, CheckpointRef, _source.Source)):
     variables = sources.list_variables(target)
     result = planner.plan(variables, target_hint=os.fspath(
-        target.prefix if isinstance(target, CheckpointRef) else target))
+        target.prefix if isinstance(target, CheckpointRef) else
+        target.path if isinstance(target, _source.Source) else target))
     _finetune.by_name(variables, planner.is_frozen if planner.freezes else None,
                       fine_tuning).update(result.report)
     return result

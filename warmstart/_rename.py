@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Callable, Optional, Union
 
 from warmstart._errors import PatternError
-from warmstart._select import Pattern, compile_pattern
+from warmstart._select import Pattern, closest, compile_pattern
 
 RenameFunction = Callable[[str], Optional[str]]
 Rules = Union[Mapping[str, str], Sequence[tuple[str, str]], RenameFunction, None]
@@ -99,3 +99,36 @@ def checkpoint_name(rules: Sequence[AnyRule], name: str) -> tuple[str, Optional[
         raise PatternError("rename rule %s cannot expand for %r: %s" % (rule, name, err)) from err
   return name, None
 
+
+
+def rename_all(rules: Sequence[AnyRule], names: Sequence[str], *, of: str,
+               clash: str) -> dict[str, str]:
+  """{new name: old name} for every name in `names`, renamed by `rules` where one applies.
+
+  Args:
+    rules: compiled rules (`compile_rules`).
+    names: the names to rename.
+    of: what the names belong to, for messages (" of B").
+    clash: why two names may not become one, for the message.
+
+  Raises:
+    PatternError: two names renamed to the same name, or a rule that renamed nothing.
+  """
+  mapping: dict[str, str] = {}
+  used: set[AnyRule] = set()
+  for name in names:
+    new, rule = checkpoint_name(rules, name)
+    if rule is not None:
+      used.add(rule)
+    if new in mapping:
+      raise PatternError("rename maps both %r and %r%s onto %r; %s"
+                         % (mapping[new], name, of, new, clash))
+    mapping[new] = name
+  unused = [rule for rule in rules if rule not in used]
+  if unused:
+    first = unused[0]
+    raise PatternError("rename rule%s %s matched no tensor%s.%s" % (
+        "s" if len(unused) > 1 else "", ", ".join(map(str, unused)), of,
+        " (it returned None or the name itself for all %d)" % len(names)
+        if isinstance(first, FunctionRule) else closest(first.pattern.text, names)))
+  return mapping

@@ -12,12 +12,11 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
-from warmstart import _bundle, _checkpoint, _induce, _match, _wire, sources
+from warmstart import _checkpoint, _induce, _match, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 
 logger = logging.getLogger(__name__)
 
-_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _SHOWN = 10  # unmatched names listed per side in str()
 
 
@@ -129,44 +128,6 @@ def shell_lines(suggestion: RenameSuggestion) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# TF2 object-based checkpoints: the names the variables had when they were saved.
-
-
-def _text(fields: _wire.Fields, number: int) -> str:
-  """A string field (the last occurrence wins, as in protobuf); '' when absent."""
-  values = [v for _, v in fields.get(number, ()) if isinstance(v, bytes)]
-  return values[-1].decode("utf-8", "replace") if values else ""
-
-
-def saved_names(ref: CheckpointRef) -> dict[str, str]:
-  """{checkpoint key: the variable's name when saved} from a TF2 checkpoint's object graph.
-
-  TrackableObjectGraph: nodes (1) -> TrackableObject; its attributes (2) -> SerializedTensor
-  with name (1), full_name (2), checkpoint_key (3). Empty for checkpoints without one.
-  """
-  if ref.kind == _checkpoint.NPZ:
-    return {}
-  try:
-    index = _bundle.read_index(ref.prefix)
-    entry = index.entries.get(_OBJECT_GRAPH)
-    if entry is None:
-      return {}
-    data = _bundle.decode_strings(entry, _bundle.read_tensor_bytes(index, entry,
-                                                                   verify_crc=True))[0]
-    out = {}
-    what = "the object graph of %s" % ref.prefix
-    for node in _wire.messages(_wire.decode(data, what), 1, what):
-      for attribute in _wire.messages(node, 2, what):
-        full_name, key = _text(attribute, 2), _text(attribute, 3)
-        if full_name and key:
-          out[key] = full_name.split(":")[0]
-    return out
-  except (ValueError, OSError) as err:  # an object graph we cannot read: names only, then
-    logger.debug("no object graph names in %s: %s", ref.prefix, err)
-    return {}
-
-
-# ------------------------------------------------------------------------------------------
 
 
 def suggest_rename(source: Source, target: Union[Source, Callable[..., Any], Any], *,
@@ -217,8 +178,9 @@ def suggest_rename(source: Source, target: Union[Source, Callable[..., Any], Any
 
 def _suggest(ref: CheckpointRef, checkpoint: Sequence[VariableInfo],
              model: Sequence[VariableInfo], target: str, ordered: bool) -> RenameSuggestion:
-  aliases = saved_names(ref)
-  found = _match.match(model, checkpoint, model_ordered=ordered, aliases=aliases)
+  # A TF2 object-based checkpoint is listed under the names its variables had when saved (from
+  # its object graph, by the reader), so those are matched, not object paths.
+  found = _match.match(model, checkpoint, model_ordered=ordered)
   matched = [v for v in model if v.kind in _match.MATCHED_KINDS]
   readable = [v for v in checkpoint if v.kind in _match.MATCHED_KINDS]
   ignored = len(model) - len(matched) + len(checkpoint) - len(readable)
