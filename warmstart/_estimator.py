@@ -47,7 +47,8 @@ class _Settings(tf.estimator.WarmStartSettings):
     variables = _apply.graph_variables(graph)
     plan = self._planner.plan([info for info, _ in variables.values()])
     logger.info("%s", plan.report)
-    return iter(_apply.warm_start_arguments(plan, variables))
+    # Our initializers are installed now; TF's warm_start is left only vocabulary remapping.
+    return iter(_apply.install(plan, variables))
 
   def __reduce__(self):
     raise TypeError("warmstart settings cannot be pickled; call warmstart.settings() again")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
-from warmstart import _checkpoint, _finetune, _hints, _kinds, _rename, _select, _source, sources
+from warmstart import _apply, _checkpoint, _finetune, _hints, _kinds, _policies, _rename, _select, _source, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 from warmstart._rename import Rules
@@ -31,9 +31,9 @@ MISSING = "missing"
 FRESH = "fresh"  # an optimizer slot the source lacks, with optimizer_state="keep"
 NOT_SELECTED = "not_selected"
 
-SHAPE_POLICIES = ("error", "skip")
-# on_shape_mismatch: one policy for every variable, or {pattern: policy} (first match wins).
-ShapePolicies = Union[str, Mapping[str, str]]
+SHAPE_POLICIES = _policies.POLICIES
+ShapePolicies = _policies.ShapePolicies
+Adapters = _policies.Adapters
 # freeze: False, True (exactly what is warm-started), or a regex / list of regexes.
 FreezeSpec = Union[bool, str, Sequence[str]]
 OPTIMIZER_STATES = ("reset", "keep")
@@ -49,6 +49,10 @@ class Entry:
     checkpoint_name: the checkpoint tensor it reads (or would read).
     shape, dtype, kind: of the model variable.
     reason: why it was skipped / not selected / missing; empty when loaded.
+    policy: how a loaded tensor of another shape (or an adapted one) was fitted: 'partial',
+      'input_channels', 'squeeze' or 'adapt'; empty for a plain copy.
+    source_shape: the checkpoint tensor's shape, when `policy` is set.
+    detail: what the policy did, e.g. 'block [0:4, 0:3, :, :] copied, ...' or "adapt['...']".
   """
   name: str
   checkpoint_name: str
@@ -56,6 +60,9 @@ class Entry:
   dtype: str
   kind: str
   reason: str = ""
+  policy: str = ""
+  source_shape: Optional[tuple[int, ...]] = None
+  detail: str = ""
 
 
 @dataclasses.dataclass
@@ -88,14 +95,26 @@ class Report:
   # {checkpoint tensor: how it was read}, for loaded tensors the source converted (a PyTorch
   # layout transposed, ...) or named (a nested Keras model's weight, ...).
   notes: dict[str, str] = dataclasses.field(default_factory=dict)
+  warnings: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def renamed(self) -> list[Entry]:
     return [e for e in self.loaded if e.name != e.checkpoint_name]
 
+  @property
+  def partial(self) -> list[Entry]:
+    """Loaded variables of which only a block was copied (`.detail` names it)."""
+    return [e for e in self.loaded if e.policy == _policies.PARTIAL]
+
+  @property
+  def adapted(self) -> list[Entry]:
+    """Loaded variables computed from a tensor of another shape: input_channels, squeeze, adapt."""
+    return [e for e in self.loaded if e.policy and e.policy != _policies.PARTIAL]
+
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
-    out["renamed"] = [dataclasses.asdict(e) for e in self.renamed]
+    for what in ("renamed", "partial", "adapted"):
+      out[what] = [dataclasses.asdict(e) for e in getattr(self, what)]
     return out
 
   def to_json(self, indent: Optional[int] = 2) -> str:
@@ -120,6 +139,9 @@ class Report:
             width, e.name, _shape(e.shape), e.dtype, e.kind,
             "  <- %s" % e.checkpoint_name if e.name != e.checkpoint_name else "",
             "  (%s)" % self.notes[e.checkpoint_name] if e.checkpoint_name in self.notes else ""))
+        if e.policy:
+          lines.append("    %-*s    %s from %s: %s" % (
+              width, "", e.policy, _shape(e.source_shape or ()), e.detail))
     for title, entries in (("skipped", self.skipped),
                            ("missing from the checkpoint (left to their initializers)",
                             self.missing)):
@@ -147,6 +169,7 @@ class Report:
           len(self.unused_checkpoint_tensors), _summarize(self.unused_checkpoint_tensors)))
     for title, items in (("unused patterns", self.unused_patterns),
                          ("unused rename rules", self.unused_rules),
+                         ("warnings", self.warnings),
                          ("problems", self.problems)):
       if items:
         lines.append("  %s:" % title)
@@ -194,10 +217,22 @@ def _summarize(entries, limit=8):
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
-  """One model variable initialized from one checkpoint tensor."""
+  """One model variable initialized from one checkpoint tensor.
+
+  Attributes:
+    name: the model variable.
+    checkpoint_name: the source tensor it reads.
+    vocab: a tf.estimator.VocabInfo, passed through to TF, or None.
+    policy: '' (a plain copy), 'partial', 'input_channels', 'squeeze' or 'adapt'.
+    source_shape: the source tensor's shape.
+    read_prefix: for 'adapt', the derived checkpoint holding the adapted value (under `name`).
+  """
   name: str
   checkpoint_name: str
-  vocab: Optional[object] = None  # a tf.estimator.VocabInfo, passed through to TF
+  vocab: Optional[object] = None
+  policy: str = ""
+  source_shape: tuple[int, ...] = ()
+  read_prefix: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +247,9 @@ class Plan:
   source: CheckpointRef
   assignments: tuple[Assignment, ...]
   report: Report
+  # Keeps the checkpoint of adapted values alive while the plan is.
+  derived: Optional[_apply.DerivedCheckpoint] = dataclasses.field(default=None, repr=False,
+                                                                  compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +260,19 @@ class _Decision:
   reason: str = ""
   rule: Optional[_rename.AnyRule] = None
   problem: str = ""
+  policy: str = ""  # for a LOAD of another shape, or adapted
+  source_shape: tuple[int, ...] = ()
+  adapter: Optional[_policies.Adapter] = None
+  shape_skipped: bool = False  # skipped by an on_shape_mismatch='skip' the user gave
 
   def entry(self):
     v = self.variable
-    return Entry(v.name, self.checkpoint_name, v.shape, v.dtype, v.kind, self.reason)
+    if not self.policy:
+      return Entry(v.name, self.checkpoint_name, v.shape, v.dtype, v.kind, self.reason)
+    detail = (str(self.adapter) if self.adapter is not None
+              else _policies.describe(self.policy, v.shape, self.source_shape))
+    return Entry(v.name, self.checkpoint_name, v.shape, v.dtype, v.kind, self.reason,
+                 self.policy, self.source_shape, detail)
 
 
 class Planner:
@@ -236,7 +283,7 @@ class Planner:
 
   def __init__(self, source, *, include=".*", exclude=None, rename=None, vocab=None,
                freeze=False, on_shape_mismatch="error", optimizer_state="reset", step=None,
-               check_finite=False):
+               check_finite=False, adapt=None):
     self.check_finite = bool(check_finite)
     self.include = _select.compile_patterns(include, "include")
     if not self.include:
@@ -245,7 +292,8 @@ class Planner:
     self.exclude = _select.compile_patterns(exclude, "exclude")
     self.rules = _rename.compile_rules(rename)
     self.vocab = _check_vocab(vocab)
-    self.shape_policies = _compile_shape_policies(on_shape_mismatch)
+    self.shape_policies = _policies.compile_shape_policies(on_shape_mismatch)
+    self.adapters = _policies.compile_adapters(adapt)
     if optimizer_state not in OPTIMIZER_STATES:
       raise WarmStartError("optimizer_state must be 'reset' (leave optimizer slots and the step "
                            "at their initializers) or 'keep'; got %r" % (optimizer_state,))
@@ -308,21 +356,36 @@ class Planner:
                    "%s" % (rule, name, ckpt_name,
                            _select.closest(ckpt_name, list(self.source_variables))))
       return _Decision(variable, MISSING, ckpt_name, "not in the checkpoint", rule, problem)
+    has_vocab = name in self.vocab
+    adapter = next((a for a in self.adapters if a.pattern.matches(name)), None)
+    if adapter is not None:
+      return _Decision(variable, LOAD, ckpt_name, "", rule, problem=(
+          "vocab and %s both name %r; give it one of them." % (adapter, name)
+          if has_vocab else ""), policy=_policies.ADAPT, source_shape=source.shape,
+          adapter=adapter)
     if source.dtype != variable.dtype:
       return _Decision(variable, SKIP, ckpt_name, "dtype differs", rule, problem=(
           "dtype mismatch for %r: model %s vs checkpoint %r %s. Exclude it, or rename it to a "
           "tensor of dtype %s." % (name, variable.dtype, ckpt_name, source.dtype,
                                    variable.dtype)))
-    has_vocab = name in self.vocab
     if source.shape != variable.shape and not has_vocab:
       policy = self._shape_policy(name)
       reason = "shape %s vs checkpoint %s" % (_shape(variable.shape), _shape(source.shape))
-      if policy == "skip":
-        return _Decision(variable, SKIP, ckpt_name, reason + " (on_shape_mismatch='skip')", rule)
+      if policy == _policies.SKIP:
+        return _Decision(variable, SKIP, ckpt_name, reason + " (on_shape_mismatch='skip')", rule,
+                         shape_skipped=True)
+      if policy != _policies.ERROR:
+        problem = _policies.check(policy, name, variable.shape, variable.dtype, ckpt_name,
+                                  source.shape)
+        if problem:
+          return _Decision(variable, SKIP, ckpt_name, reason, rule, problem=problem)
+        return _Decision(variable, LOAD, ckpt_name, "", rule, policy=policy,
+                         source_shape=source.shape)
       return _Decision(variable, SKIP, ckpt_name, reason, rule, problem=(
           "shape mismatch for %r: model %s vs checkpoint %r %s. Fixes: exclude it "
-          "(exclude=%r), skip mismatches (on_shape_mismatch='skip' or {%r: 'skip'}), or rename "
-          "it to a tensor of the model's shape." % (
+          "(exclude=%r), skip mismatches (on_shape_mismatch='skip' or {%r: 'skip'}), copy the "
+          "overlapping block ('partial'), rename it to a tensor of the model's shape, or compute "
+          "its value with adapt={pattern: fn}." % (
               name, _shape(variable.shape), ckpt_name, _shape(source.shape), name, name)))
     return _Decision(variable, LOAD, ckpt_name, "", rule)
 
@@ -344,7 +407,8 @@ class Planner:
 
     for what, patterns in (("include", self.include), ("exclude", self.exclude),
                            ("freeze", self.freeze_patterns),
-                           ("on_shape_mismatch", [p for p, _ in self.shape_policies if p])):
+                           ("on_shape_mismatch", [p for p, _ in self.shape_policies if p]),
+                           ("adapt", [a.pattern for a in self.adapters])):
       for pattern in patterns:
         message = _select.unmatched([pattern], names, what, "model variable")
         if message:
@@ -354,6 +418,13 @@ class Planner:
       matched = [d for d in decisions if pattern.matches(d.variable.name)]
       if matched and not any(d.action == LOAD for d in matched) and not any(
           d.problem for d in matched):
+        if any(d.shape_skipped for d in matched):
+          # The user asked for shape mismatches to be skipped: say so, but it is no error.
+          report.warnings.append("include pattern %r loads none of the %d model variable(s) it "
+                                 "matches: %s" % (pattern.text, len(matched), "; ".join(
+                                     "%s: %s" % (d.variable.name, d.reason)
+                                     for d in matched[:4])))
+          continue
         report.unused_patterns.append("include %r" % pattern.text)
         problems.append("include pattern %r matches %d model variable(s) but loads none: %s" % (
             pattern.text, len(matched), "; ".join(
@@ -370,6 +441,13 @@ class Planner:
             "it matches only variables that are not selected (%s)" % ", ".join(matching[:3])
             if matching else "it matches no model variable." + _select.closest(
                 rule.pattern.text, names))))
+    for adapter in self.adapters:
+      matched = [d for d in decisions if adapter.pattern.matches(d.variable.name)]
+      if matched and not any(d.adapter is adapter for d in decisions):
+        report.unused_patterns.append("adapt %r" % adapter.pattern.text)
+        problems.append("%s adapts nothing: the model variables it matches are not loaded (%s)"
+                        % (adapter, "; ".join("%s: %s" % (d.variable.name, d.reason)
+                                              for d in matched[:4])))
     loaded_names = {d.variable.name for d in decisions if d.action == LOAD}
     for name in self.vocab:
       if name not in loaded_names:
@@ -391,24 +469,58 @@ class Planner:
       raise PlanError(_hints.plan_error_message(
           self.source.prefix, problems, selected, self.source_variables, bool(self.rules),
           target_hint), problems, report)
+    loads = [d for d in decisions if d.action == LOAD]
     assignments = tuple(
-        Assignment(d.variable.name, d.checkpoint_name, self.vocab.get(d.variable.name))
-        for d in decisions if d.action == LOAD)
+        Assignment(d.variable.name, d.checkpoint_name, self.vocab.get(d.variable.name),
+                   d.policy, d.source_shape)
+        for d in loads)
+    derived = None
     if resumed_from is None:
-      self._verify(assignments)
-    return Plan(self.source, assignments, report)
+      adapted, problems = self._verify(assignments, {d.variable.name: d for d in loads})
+      if problems:
+        report.problems = problems
+        raise PlanError(_hints.plan_error_message(
+            self.source.prefix, problems, selected, self.source_variables, bool(self.rules),
+            target_hint), problems, report)
+      if adapted:
+        derived = _apply.DerivedCheckpoint(adapted)
+        assignments = tuple(dataclasses.replace(a, read_prefix=derived.prefix)
+                            if a.name in adapted else a for a in assignments)
+    if self.freeze_loaded:
+      report.warnings.extend(
+          "freeze=True freezes %r, of which only the block %s was copied: the rest keeps its "
+          "initializer's value for good; freeze by pattern to leave it trainable" % (
+              d.variable.name, _policies.block_text(d.variable.shape, d.source_shape))
+          for d in loads if d.policy == _policies.PARTIAL)
+    for warning in report.warnings:
+      logger.warning("%s", warning)
+    return Plan(self.source, assignments, report, derived)
 
-  def _verify(self, assignments):
-    """Reads every tensor to be loaded once, now.
+  def _verify(self, assignments, decisions):
+    """Reads every tensor to be loaded once, now, and runs the adapt functions on them.
 
     Each tensor's bytes are checked against their checksum as they are read, so a corrupt
     source fails here with our error instead of later inside the training session;
     `check_finite` also looks for NaN and Inf.
+
+    Returns:
+      ({model variable name: adapted value}, [problems with adapt functions]).
     """
     non_finite = []
+    adapted: dict[str, np.ndarray] = {}
+    problems = []
     with sources.open_reader(self.source) as reader:
       for name in sorted({a.checkpoint_name for a in assignments}):
         value = reader.read(name)
+        for a in assignments:
+          if a.checkpoint_name == name and a.policy == _policies.ADAPT:
+            d = decisions[a.name]
+            result, problem = _policies.adapt_value(d.adapter, value, a.name, d.variable.shape,
+                                                    d.variable.dtype, name)
+            if result is None:
+              problems.append(problem)
+            else:
+              adapted[a.name] = result
         if self.check_finite and value.dtype.kind in "fc":
           finite = np.count_nonzero(np.isfinite(value))
           if finite != value.size:
@@ -418,6 +530,7 @@ class Planner:
           "checkpoint %s has NaN or Inf values in tensors to be loaded: %s. Exclude them, or "
           "warm-start from an earlier checkpoint (step=N)." % (self.source.prefix,
                                                                  ", ".join(non_finite)))
+    return adapted, problems
 
 
 def _check_vocab(vocab) -> dict[str, object]:
@@ -429,22 +542,6 @@ def _check_vocab(vocab) -> dict[str, object]:
     raise WarmStartError("vocab must be a dict {model_variable_name: tf.estimator.VocabInfo}; "
                          "got %r" % (vocab,))
   return dict(vocab)
-
-
-def _compile_shape_policies(on_shape_mismatch):
-  """Returns [(Pattern or None for 'everything', policy)] in the order to try."""
-  def check(policy):
-    if policy == "partial":
-      raise WarmStartError("on_shape_mismatch='partial' is not available yet; use 'error' or "
-                           "'skip'")
-    if policy not in SHAPE_POLICIES:
-      raise WarmStartError("on_shape_mismatch must be one of %s (or a dict {pattern: policy}); "
-                           "got %r" % (", ".join(map(repr, SHAPE_POLICIES)), policy))
-    return policy
-  if isinstance(on_shape_mismatch, Mapping):
-    return [(_select.compile_pattern(p, "on_shape_mismatch"), check(policy))
-            for p, policy in on_shape_mismatch.items()]
-  return [(None, check(on_shape_mismatch))]
 
 
 def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*",
