@@ -242,6 +242,25 @@ def test_rename_maps_b_names_onto_a_names(tmp_path):
     warmstart.diff(a, b, rename=[("nothing/(.*)", r"old/\1")])
 
 
+def test_rename_many_to_one_compares_each_b_tensor(tmp_path):
+  # Model B's extra pathway was warm-started from A's last one, and then trained.
+  w = np.arange(4, dtype=F32)
+  a, b = pair(tmp_path, {"path1/w": w, "path2/w": w + 1, "fc": w},
+              {"path1/w": w, "path2/w": w + 1, "path3/w": w + 2})
+  report = warmstart.diff(a, b, rename={r"path3/(.*)": r"path2/\1"})
+  assert [(t.name, t.name_b, t.status) for t in report.tensors] == [
+      ("fc", None, "only_in_a"), ("path1/w", None, "identical"),
+      ("path2/w", None, "identical"), ("path2/w", "path3/w", "changed")]
+  [changed] = report.by_status("changed")
+  assert (changed.num_different, changed.max_abs) == (4, 1.0)
+  # Expectations match A's name or B's.
+  assert report.check(expect_same=["path3/w"]) == [
+      "expect-same 'path3/w': path2/w (B: path3/w) is changed"]
+  assert report.check(expect_same=["path1/.*"], expect_changed=["path3/.*"]) == []
+  assert len(report.check(expect_same=["path2/w"])) == 1
+  assert len(json.loads(report.to_json())["tensors"]) == 4
+
+
 def test_progress_is_called_after_each_tensor(tmp_path):
   tensors = {"a": np.ones(1, F32), "b": np.ones(1, F32), "c": np.ones(1, F32)}
   a, b = pair(tmp_path, tensors, tensors)

@@ -3,6 +3,7 @@ import glob
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -170,6 +171,18 @@ def test_explicit_var_list_updating_a_frozen_variable_is_an_error(tmp_path):
   message = str(err.value)
   assert "frozen variable 'mnist/hidden/kernel'" in message
   assert "ResourceApplyGradientDescent" in message or "ApplyGradientDescent" in message
+
+
+def test_freeze_guard_names_every_frozen_variable_written(tmp_path):
+  model_fn = warmstart.freeze(mlp_model_fn, "mnist/(hidden|logits)/kernel")
+  with pytest.raises(warmstart.FreezeError) as err:
+    train(tmp_path, {"layers": "get_variable", "var_list": "all", "optimizer": "momentum"},
+          steps=1, model_fn=model_fn)
+  message = str(err.value)
+  assert message.startswith("the train_op still updates 2 frozen variables:")
+  for name in ("mnist/hidden/kernel", "mnist/logits/kernel"):
+    assert re.search(r"frozen variable '%s': op '[^']*%s[^']*' \((Resource)?ApplyMomentum\) "
+                     r"writes it" % (name, name), message), message
 
 
 def test_keras_optimizer_on_a_list_holding_a_frozen_variable_is_an_error(tmp_path):

@@ -225,3 +225,18 @@ def test_report_summarizes_unused_tensors_by_their_kind(tmp_path):
   target = ckpt(tmp_path, "t", {"w": np.ones([2], F)})
   text = str(warmstart.plan(source, target).report)
   assert "checkpoint tensors nobody read (2): 1 optimizer_slot; 1 other (vocab)" in text
+
+
+def test_include_whose_matches_are_all_skipped_for_shape_is_a_warning(source, target, caplog):
+  # The user asked for shape mismatches to be skipped: that is what happens, with a warning.
+  with caplog.at_level("WARNING", logger="warmstart"):
+    plan = warmstart.plan(source, target, include=["mnist/hidden/.*", "mnist/logits/.*"],
+                          on_shape_mismatch="skip")
+  assert loaded(plan) == ["mnist/hidden/bias", "mnist/hidden/kernel"]
+  [warning] = plan.report.warnings
+  assert warning.startswith("include pattern 'mnist/logits/.*' loads none of the 1 model "
+                            "variable(s) it matches: mnist/logits/kernel: shape (3, 5) vs "
+                            "checkpoint (3, 2) (on_shape_mismatch='skip')")
+  assert warning in caplog.text and "warnings:" in str(plan.report)
+  assert json.loads(plan.report.to_json())["warnings"] == [warning]
+  assert plan.report.unused_patterns == []

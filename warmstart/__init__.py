@@ -36,12 +36,14 @@ if TYPE_CHECKING:  # type checkers and IDEs see the lazily loaded names as ordin
   from warmstart._estimator import estimator_from
   from warmstart._estimator import settings
   from warmstart._freeze import freeze
+  from warmstart._materialize import materialize
 
 # Names whose modules import TensorFlow: loaded by __getattr__ on first use (PEP 562).
 _LAZY = {
     "estimator_from": "warmstart._estimator",
     "settings": "warmstart._estimator",
     "freeze": "warmstart._freeze",
+    "materialize": "warmstart._materialize",
 }
 
 try:  # One version: the package metadata's (pyproject.toml), so the two cannot disagree.
@@ -70,6 +72,7 @@ __all__ = (
     "estimator_from",
     "freeze",
     "list_variables",
+    "materialize",
     "plan",
     "read_tensor",
     "resolve_checkpoint",

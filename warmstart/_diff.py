@@ -98,7 +98,11 @@ def _json_number(value):
 
 @dataclasses.dataclass
 class DiffReport:
-  """The result of `diff(a, b)`: one TensorDiff per tensor name, sorted by name."""
+  """The result of `diff(a, b)`, sorted by name.
+
+  One TensorDiff per tensor of B (named by the A tensor it is compared with, which several B
+  tensors may share under `rename`) and one per A tensor no B tensor is compared with.
+  """
   a: str
   b: str
   tensors: list[TensorDiff]
@@ -117,6 +121,8 @@ class DiffReport:
             ) -> list[str]:
     """Returns the expectations that fail (empty when all hold).
 
+    A regex matches a tensor when it fully matches its name (A's) or, if renamed, its name in B.
+
     Args:
       expect_same: regexes (fully matched); every tensor they match must be identical.
       expect_changed: regexes; every tensor they match must be changed (present in both,
@@ -130,12 +136,14 @@ class DiffReport:
       flag = "expect-same" if wanted == IDENTICAL else "expect-changed"
       for pattern in _select.compile_patterns(
           [patterns] if isinstance(patterns, str) else list(patterns), flag):
-        matched = [t for t in self.tensors if pattern.matches(t.name)]
+        matched = [t for t in self.tensors if pattern.matches(t.name) or (
+            t.name_b is not None and pattern.matches(t.name_b))]
         if not matched:
           failures.append("%s %r matches no tensor.%s" % (flag, pattern.text, _select.closest(
               pattern.text, [t.name for t in self.tensors])))
-        failures.extend("%s %r: %s is %s" % (flag, pattern.text, t.name, t.status)
-                        for t in matched if t.status != wanted)
+        failures.extend("%s %r: %s%s is %s" % (
+            flag, pattern.text, t.name, "" if t.name_b is None else " (B: %s)" % t.name_b,
+            t.status) for t in matched if t.status != wanted)
     return failures
 
   def plot(self, *, by: Optional[str] = None, max_rows: int = 40) -> Any:
@@ -593,10 +601,13 @@ def _compare_raw(side_a, side_b, entry_a, entry_b, pool, buffers, atol, rtol, pe
 # diff()
 
 
-def _b_to_a_names(rules, names_b):
-  """{name in A: name in B} after mapping B's names with the rename rules."""
-  return _rename.rename_all(rules, names_b, of=" of B",
-                            clash="each A tensor can be compared with one B tensor only")
+def _b_to_a_names(rules, names_b) -> dict[str, list[str]]:
+  """{name in A: [names in B compared with it]} after mapping B's names with the rename rules.
+
+  Several B tensors may map onto one A tensor (a model B whose extra pathway was warm-started
+  from A's last one): each is compared with it.
+  """
+  return _rename.rename_groups(rules, names_b, of=" of B")
 
 
 def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patterns = None,
@@ -616,8 +627,9 @@ def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patte
       both 0 (the default), identical means bit for bit.
     rename: rules mapping B's tensor names onto A's: {b_name_pattern: a_name_template}, a
       list of pairs, or a function b_name -> a_name or None, as for `warmstart.plan` (B plays
-      the model, A the source). Names are then
-      A's; include / exclude apply to them. A rule that matches no B tensor is an error.
+      the model, A the source). Names are then A's; include / exclude apply to them. Several B
+      tensors may map onto one A tensor: each is compared with it. A rule that matches no B
+      tensor is an error.
     progress: optional callable(done, total), called (in the calling thread) as each tensor's
       comparison completes.
 
@@ -647,6 +659,7 @@ def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patte
     b_names = _b_to_a_names(rules, list(side_b.variables))
     names = sorted(set(side_a.variables) | set(b_names))
     names = _select.select_names(names, include, exclude, "tensor of either checkpoint")
+    pairs = [(name, name_b) for name in names for name_b in sorted(b_names.get(name, [None]))]
     # Registered after the sides: on the way out the workers are waited for before the files
     # they read are closed.
     pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(
@@ -663,11 +676,10 @@ def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patte
         tensors.append(waiting.popleft().result())
         logger.debug("%s: %s", tensors[-1].name, tensors[-1].status)
         if progress is not None:
-          progress(len(tensors), len(names))
+          progress(len(tensors), len(pairs))
 
-    for name in names:
-      waiting.append(_start(side_a, side_b, name, b_names.get(name), pool, buffers, atol,
-                            rtol))
+    for name, name_b in pairs:
+      waiting.append(_start(side_a, side_b, name, name_b, pool, buffers, atol, rtol))
       finish(block=False)
     finish(block=True)
   report = DiffReport(ref_a.prefix, ref_b.prefix, tensors, atol, rtol)

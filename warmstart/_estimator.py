@@ -14,7 +14,7 @@ from warmstart import _apply, _checkpoint, _drift_live, _finetune, _freeze, _mod
 from warmstart._checkpoint import Source, VariableInfo
 from warmstart._errors import WarmStartError
 from warmstart._model_fn import ModelFnOrEstimator
-from warmstart._plan import FreezeSpec, Plan, Planner, ShapePolicies
+from warmstart._plan import Adapters, FreezeSpec, Plan, Planner, ShapePolicies
 from warmstart._rename import Rules
 from warmstart._select import Patterns
 
@@ -205,8 +205,8 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
                    unfreeze_at: _finetune.UnfreezeAt = None,
                    lr_multipliers: _finetune.LrMultipliers = None,
                    track_drift: _drift_live.TrackDrift = None,
-                   track_drift_max_bytes: Optional[int] = _drift_live.DEFAULT_MAX_BYTES
-                   ) -> tf.estimator.Estimator:
+                   track_drift_max_bytes: Optional[int] = _drift_live.DEFAULT_MAX_BYTES,
+                   adapt: Adapters = None) -> tf.estimator.Estimator:
   """Builds an Estimator that warm-starts from a checkpoint once, and optionally fine-tunes.
 
   On the first training run the planned variables are initialized from `warm_start_from`
@@ -228,7 +228,9 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
     warm_start_from: the source checkpoint (prefix, directory, SavedModel or .npz).
     include, exclude, rename, vocab, optimizer_state, step: as for `settings`.
     freeze: False; True to freeze exactly what is warm-started; or a regex / list of regexes.
-    on_shape_mismatch: 'error' or 'skip', or a dict {pattern: policy}.
+    on_shape_mismatch: 'error', 'skip', 'partial', 'input_channels' or 'squeeze', or a dict
+      {pattern: policy} (first match wins); see the README's "Transfer to another
+      architecture".
     params: params for the model_fn (default: the estimator's).
     config: a `tf.estimator.RunConfig` (default: the estimator's); its model_dir is replaced.
     check_finite: also refuse tensors to be loaded that hold NaN or Inf.
@@ -255,6 +257,9 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
       device of its variable, plus float64 scratch while the values are computed.
     track_drift_max_bytes: refuse a track_drift whose copies would take more than this many
       bytes (default 512 MiB); None for no limit.
+
+    adapt: {pattern: fn}: fn(the checkpoint tensor as a numpy array) returns the matching model
+      variable's value (e.g. `lambda w: w[..., 1:]` drops a background class).
 
   The first pattern of `unfreeze_at` or `lr_multipliers` that matches a variable decides for
   it; a pattern that decides no variable the optimizer trains is an error.
@@ -283,7 +288,7 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
   drift_patterns = _drift_live.compile_track_drift(track_drift, track_drift_max_bytes)
   arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab, freeze=freeze,
                    on_shape_mismatch=on_shape_mismatch, optimizer_state=optimizer_state,
-                   step=step, check_finite=check_finite)
+                   step=step, check_finite=check_finite, adapt=adapt)
   fine_tuning = _finetune.FineTuning(freeze_batchnorm_stats=freeze_batchnorm_stats,
                                      unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
   try:

@@ -212,7 +212,7 @@ def _owners(variables_by_name):
 def check_train_op(train_op, frozen: dict[str, list], *,
                    scheduled: Optional[dict[str, list]] = None, allowed_writers=frozenset(),
                    steps=()) -> None:
-  """Raises FreezeError if anything `train_op` runs writes a frozen variable.
+  """Raises FreezeError if anything `train_op` runs writes a frozen variable (naming them all).
 
   Args:
     train_op: the EstimatorSpec's train_op.
@@ -227,16 +227,11 @@ def check_train_op(train_op, frozen: dict[str, list], *,
   scheduled_owners = _owners(scheduled or {})
   stop = set(owners) | set(scheduled_owners)
   visited = _update_control.ops_run_by(train_op)
+  writes: dict[str, list[str]] = {}  # frozen name -> the ops that write it
   for op in sorted(visited, key=lambda op: op.name):  # the same error every time
     target = _update_control.written_variable(op, stop)
     if target in owners:
-      raise FreezeError(
-          "the train_op still updates frozen variable %r: op %r (%s) writes it. Frozen "
-          "variables are taken out of TRAINABLE_VARIABLES and Keras' trainable weights; build "
-          "the optimizer on those (e.g. optimizer.minimize(loss) without var_list), build "
-          "batch-norm layers of frozen scopes with training=False (Keras and tf.compat.v1 "
-          "batch-norm layers are handled by freeze_batchnorm_stats=True), or leave %r out of "
-          "the freeze pattern." % (owners[target], op.name, op.type, owners[target]))
+      writes.setdefault(owners[target], []).append("op %r (%s)" % (op.name, op.type))
     if target in scheduled_owners and op not in allowed_writers:
       raise FreezeError(
           "the train_op updates %r, frozen until a global step by unfreeze_at, with op %r (%s), "
@@ -244,6 +239,18 @@ def check_train_op(train_op, frozen: dict[str, list], *,
           "or tf.keras.optimizers.legacy optimizer (apply_gradients / minimize) is gated; "
           "write the variable through one, or leave it out of unfreeze_at."
           % (scheduled_owners[target], op.name, op.type))
+  if writes:
+    names = sorted(writes)
+    raise FreezeError(
+        "the train_op still updates %d frozen variable%s:\n%s\nFrozen variables are taken out "
+        "of TRAINABLE_VARIABLES and Keras' trainable weights; build the optimizer on those (e.g. "
+        "optimizer.minimize(loss) without var_list), build batch-norm layers of frozen scopes "
+        "with training=False (Keras and tf.compat.v1 batch-norm layers are handled by "
+        "freeze_batchnorm_stats=True), or leave %s out of the freeze pattern." % (
+            len(names), "" if len(names) == 1 else "s", "\n".join(
+                "  - frozen variable %r: %s write%s it" % (
+                    name, ", ".join(writes[name]), "s" if len(writes[name]) == 1 else "")
+                for name in names), ", ".join(map(repr, names))))
   _update_control.check_steps_run(visited, steps)
 
 

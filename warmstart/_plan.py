@@ -400,6 +400,11 @@ class Planner:
         `.report` holds the report as far as it got.
     """
     decisions = [self.decide(v) for v in model_variables]
+    # A rule that maps some variables onto tensors that exist is no typo: its other matches are
+    # missing (a model B deeper than A), not errors.
+    loading_rules = {id(d.rule) for d in decisions if d.action == LOAD and d.rule is not None}
+    decisions = [dataclasses.replace(d, problem="") if d.action == MISSING and id(d.rule)
+                 in loading_rules else d for d in decisions]
     names = [v.name for v in model_variables]
     selected = [d for d in decisions if d.action != NOT_SELECTED]
     report = Report(self.source.prefix, self.source.step, resumed_from=resumed_from)
@@ -552,7 +557,7 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
          config: Optional["tf.estimator.RunConfig"] = None,
          input_fn: Optional[Callable[[], Any]] = None, check_finite: bool = False,
          freeze_batchnorm_stats: bool = True, unfreeze_at: _finetune.UnfreezeAt = None,
-         lr_multipliers: _finetune.LrMultipliers = None) -> Plan:
+         lr_multipliers: _finetune.LrMultipliers = None, adapt: Adapters = None) -> Plan:
   """Plans a warm start without training anything (a dry run).
 
   Against a checkpoint of the target model this needs no TensorFlow; against a model_fn or
@@ -564,7 +569,8 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
       or Estimator, whose training graph is built in a scratch graph (nothing is run) from
       `input_fn`'s features and labels.
     include, exclude, rename, vocab, freeze, on_shape_mismatch, optimizer_state, step, params,
-      config, freeze_batchnorm_stats, unfreeze_at, lr_multipliers: as for `estimator_from`.
+      config, freeze_batchnorm_stats, unfreeze_at, lr_multipliers, adapt: as for
+      `estimator_from`.
       Against a model_fn, the report's frozen variables, schedule and multipliers are what
       training decides; against a checkpoint, what the names say (batch-norm layers told by
       `<layer>/gamma`, `<layer>/moving_mean`, ...).
@@ -583,7 +589,8 @@ def plan(source: Source, target: Union[Source, Any], *, include: Patterns = ".*"
   """
   planner = Planner(source, include=include, exclude=exclude, rename=rename, vocab=vocab,
                     freeze=freeze, on_shape_mismatch=on_shape_mismatch,
-                    optimizer_state=optimizer_state, step=step, check_finite=check_finite)
+                    optimizer_state=optimizer_state, step=step, check_finite=check_finite,
+                    adapt=adapt)
   fine_tuning = _finetune.FineTuning(freeze_batchnorm_stats=freeze_batchnorm_stats,
                                      unfreeze_at=unfreeze_at, lr_multipliers=lr_multipliers)
   if isinstance(target, (str, os.PathLike, CheckpointRef, _source.Source)):

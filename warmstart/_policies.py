@@ -161,8 +161,9 @@ def adapt_value(adapter: Adapter, value: np.ndarray, name: str, shape: Shape, dt
                 checkpoint_name: str) -> tuple[Optional[np.ndarray], str]:
   """Runs a user's adapt function; returns (the model variable's value, '') or (None, problem).
 
-  The result must have the model variable's shape; its dtype is cast to the variable's within
-  the same kind (float64 to float32), never across kinds (float to int).
+  The result must have the model variable's shape; it is cast to the variable's dtype where
+  numpy's 'same_kind' rule allows (float64 to float32, int to float), never otherwise (complex
+  to float, float to int).
   """
   try:
     result = np.asarray(adapter.fn(value))

@@ -115,15 +115,28 @@ def rename_all(rules: Sequence[AnyRule], names: Sequence[str], *, of: str,
     PatternError: two names renamed to the same name, or a rule that renamed nothing.
   """
   mapping: dict[str, str] = {}
+  for new, olds in rename_groups(rules, names, of=of).items():
+    if len(olds) > 1:
+      raise PatternError("rename maps both %r and %r%s onto %r; %s"
+                         % (olds[0], olds[1], of, new, clash))
+    mapping[new] = olds[0]
+  return mapping
+
+
+def rename_groups(rules: Sequence[AnyRule], names: Sequence[str], *,
+                  of: str) -> dict[str, list[str]]:
+  """{new name: [old names renamed to it]}, in the order of `names`; several may share one.
+
+  Raises:
+    PatternError: a rule that renamed nothing.
+  """
+  mapping: dict[str, list[str]] = {}
   used: set[AnyRule] = set()
   for name in names:
     new, rule = checkpoint_name(rules, name)
     if rule is not None:
       used.add(rule)
-    if new in mapping:
-      raise PatternError("rename maps both %r and %r%s onto %r; %s"
-                         % (mapping[new], name, of, new, clash))
-    mapping[new] = name
+    mapping.setdefault(new, []).append(name)
   unused = [rule for rule in rules if rule not in used]
   if unused:
     first = unused[0]

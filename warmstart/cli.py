@@ -6,7 +6,7 @@ Usage:
 
   warmstart plan --from SRC --to TARGET_CKPT [--include RE]... [--exclude RE]...
                  [--rename 'PATTERN=TEMPLATE']... [--optimizer_state reset|keep]
-                 [--on_shape_mismatch error|skip] [--json]
+                 [--on_shape_mismatch error|skip|partial|input_channels|squeeze] [--json]
       What warm-starting the model saved in TARGET_CKPT from SRC would load, rename, skip
       (and why) and leave missing; nothing is trained. Rename rules map model (TARGET) names
       to SRC names.
@@ -22,7 +22,8 @@ Usage:
       Tensor by tensor: identical, changed (max |d|, mean |d|, differing elements, max
       relative d), shape_differs, dtype_differs, only_in_a, only_in_b. --expect-same and
       --expect-changed check that every tensor a regex matches is identical / changed;
-      --values prints a tensor of both sides; --rename maps B's names onto A's; --plot draws
+      --values prints a tensor of both sides; --rename maps B's names onto A's (several B
+      tensors may map onto one A tensor: each is compared with it); --plot draws
       the relative change ||B - A|| / ||A|| of each tensor (or layer) coloured by status.
 
   warmstart convert SRC OUT [--include RE]... [--exclude RE]... [--rename 'PATTERN=TEMPLATE']...
@@ -88,8 +89,9 @@ _OPTIMIZER_STATE = flags.DEFINE_enum(
     "optimizer_state", "reset", ["reset", "keep"],
     "plan: 'reset' leaves optimizer slots and the step to their initializers; 'keep' loads them.")
 _ON_SHAPE_MISMATCH = flags.DEFINE_enum(
-    "on_shape_mismatch", "error", ["error", "skip"],
-    "plan: what a shape mismatch does: 'error' or 'skip' the variable.")
+    "on_shape_mismatch", "error", ["error", "skip", "partial", "input_channels", "squeeze"],
+    "plan: what a shape mismatch does: 'error', 'skip' the variable, copy the overlapping block "
+    "('partial'), adapt the input channels, or 'squeeze' axes of size 1.")
 _ATOL = flags.DEFINE_float("atol", 0.0, "diff: absolute tolerance.", lower_bound=0.0)
 _RTOL = flags.DEFINE_float("rtol", 0.0, "diff: relative tolerance (of |B|).", lower_bound=0.0)
 _EXPECT_SAME = flags.DEFINE_multi_string(
@@ -374,12 +376,19 @@ class _Progress:
 
 def _read_values(report, names, source_a, source_b):
   """[(name, [(label, prefix, name_in_that_checkpoint, array or None)])] for --values."""
-  b_names = {t.name: t.name_b for t in report.tensors if t.name_b is not None}
+  # NAME is an A name (its first B tensor under --rename) or a renamed B name (its A tensor).
+  b_names: dict[str, str] = {}
+  a_names: dict[str, str] = {}
+  for t in report.tensors:
+    if t.name_b is not None:
+      b_names.setdefault(t.name, t.name_b)
+      a_names[t.name_b] = t.name
   out = []
   with sources.open_reader(warmstart.resolve_checkpoint(source_a)) as reader_a, \
        sources.open_reader(warmstart.resolve_checkpoint(source_b)) as reader_b:
-    for name in names:
-      name_b = b_names.get(name, name)
+    for wanted_name in names:
+      name, name_b = ((a_names[wanted_name], wanted_name) if wanted_name in a_names
+                      else (wanted_name, b_names.get(wanted_name, wanted_name)))
       if name not in reader_a.variables and name_b not in reader_b.variables:
         raise warmstart.PatternError("--values %r: no tensor of that name in A or B.%s" % (
             name, _select.closest(name, list(reader_a.variables) + list(reader_b.variables))))
