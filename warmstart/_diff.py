@@ -659,7 +659,10 @@ def diff(a: _checkpoint.Source, b: _checkpoint.Source, *, include: _select.Patte
     b_names = _b_to_a_names(rules, list(side_b.variables))
     names = sorted(set(side_a.variables) | set(b_names))
     names = _select.select_names(names, include, exclude, "tensor of either checkpoint")
-    pairs = [(name, name_b) for name in names for name_b in sorted(b_names.get(name, [None]))]
+    # (A name, B name or None): each B tensor once; an A tensor once per B tensor mapped onto it.
+    pairs: list[tuple[str, Optional[str]]] = [
+        (name, name_b) for name in names
+        for name_b in (sorted(b_names[name]) if name in b_names else [None])]
     # Registered after the sides: on the way out the workers are waited for before the files
     # they read are closed.
     pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(
