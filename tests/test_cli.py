@@ -186,6 +186,15 @@ def test_plan_prints_the_report(checkpoints):
   assert "    same " in result.stdout and "not selected (3)" in result.stdout
 
 
+def test_plan_with_a_partial_copy(checkpoints):
+  result = warmstart("plan", "--from", checkpoints["a"], "--to", checkpoints["b"],
+                     "--include", "shape", "--on-shape-mismatch", "partial", "--json")
+  assert (result.returncode, result.stderr) == (0, "")
+  [entry] = json.loads(result.stdout)["partial"]
+  assert (entry["name"], entry["shape"], entry["source_shape"]) == ("shape", [4], [3])
+  assert entry["detail"].startswith("block [0:3] copied")
+
+
 def test_plan_error_exits_2_with_the_partial_report(checkpoints):
   result = warmstart("plan", "--from", checkpoints["a"], "--to", checkpoints["b"],
                      "--include", "shape|dtype|same")

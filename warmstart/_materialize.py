@@ -109,7 +109,9 @@ def materialize(model_fn_or_estimator: ModelFnOrEstimator, *,
         global_step = int(session.run(tf.compat.v1.train.get_global_step()))
         prefix = saver.save(session, os.path.join(temporary, "model.ckpt"),
                             global_step=global_step, write_meta_graph=False)
-    _estimator._write_report(temporary, plan.report)  # pylint: disable=protected-access
+    # No temporary file needed: the whole directory appears at once.
+    with open(os.path.join(temporary, _estimator.REPORT_FILE), "w") as f:
+      f.write(plan.report.to_json())
     _sync_directory(temporary)
     try:
       os.rename(temporary, out_dir)  # atomic; replaces out_dir only if it is an empty directory

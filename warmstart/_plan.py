@@ -38,6 +38,7 @@ Adapters = _policies.Adapters
 FreezeSpec = Union[bool, str, Sequence[str]]
 OPTIMIZER_STATES = ("reset", "keep")
 _RESET_KINDS = (_kinds.OPTIMIZER_SLOT, _kinds.STEP)
+_RESET_REASON = "%s: optimizer_state='reset' leaves it at its initializer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,12 +143,17 @@ class Report:
         if e.policy:
           lines.append("    %-*s    %s from %s: %s" % (
               width, "", e.policy, _shape(e.source_shape or ()), e.detail))
-    for title, entries in (("skipped", self.skipped),
+    # Optimizer state reset by default is counted by kind, not listed name by name.
+    reset = [e for e in self.skipped if e.reason == _RESET_REASON % e.kind]
+    for title, entries in (("skipped", [e for e in self.skipped if e not in reset]),
                            ("missing from the checkpoint (left to their initializers)",
                             self.missing)):
       if entries:
         lines.append("  %s:" % title)
         lines.extend("    %s: %s" % (e.name, e.reason) for e in entries)
+    if reset:
+      lines.append("  left to their initializers by optimizer_state='reset' (%d): %s" % (
+          len(reset), _summarize(reset)))
     if self.not_selected:
       lines.append("  not selected (%d): %s" % (len(self.not_selected),
                                                  _summarize(self.not_selected)))
@@ -340,8 +346,7 @@ class Planner:
     if excluded is not None:
       return _Decision(variable, NOT_SELECTED, name, "excluded by %r" % excluded.text)
     if self.optimizer_state == "reset" and variable.kind in _RESET_KINDS:
-      return _Decision(variable, SKIP, name, "%s: optimizer_state='reset' leaves it at its "
-                       "initializer" % variable.kind)
+      return _Decision(variable, SKIP, name, _RESET_REASON % variable.kind)
     ckpt_name, rule = _rename.checkpoint_name(self.rules, name)
     ckpt_name = self.source_keys.get(ckpt_name, ckpt_name)
     source = self.source_variables.get(ckpt_name)
