@@ -1,4 +1,4 @@
-"""The README's quickstart, fine-tuning and Keras .h5 examples run verbatim."""
+"""The README's quickstart, fine-tuning, Keras .h5 and transfer examples run verbatim."""
 import json
 import os
 import re
@@ -64,3 +64,17 @@ def test_keras_h5_example_runs_verbatim_and_loads_every_variable_bit_for_bit(tmp
           assert got.dtype == value.dtype and got.tobytes() == value.tobytes(), name
         compared += 1
   assert compared == 137
+
+
+def test_transfer_section_runs_verbatim(tmp_path, monkeypatch, capsys):
+  # In this process (TensorFlow is already imported): the section's code as a user runs it.
+  code = _first_code_block(open(README).read(), "## Transfer to another architecture")
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+  out = capsys.readouterr().out
+  assert "12 of 63 model variables loaded" in out
+  assert re.search(r"input_channels from \(3, 3, 3, 2, 4\): 2 input channels repeated "
+                   r"cyclically to 3, scaled by 2/3", out)
+  assert "path3/conv2/kernel  (3, 3, 3, 4, 16) float32  weight  <- path2/conv2/kernel" in out
+  assert (tmp_path / "tr_b.pretrained" / "model.ckpt-0.index").exists()
+  assert (tmp_path / "tr_b" / "warmstart_report.json").exists()
