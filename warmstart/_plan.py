@@ -519,18 +519,20 @@ class Planner:
     non_finite = []
     adapted: dict[str, np.ndarray] = {}
     problems = []
+    # checkpoint tensor -> [(model variable, adapter)] computed from it
+    adapt: dict[str, list[tuple[VariableInfo, _policies.Adapter]]] = {}
+    for d in decisions.values():
+      if d.adapter is not None:
+        adapt.setdefault(d.checkpoint_name, []).append((d.variable, d.adapter))
     with sources.open_reader(self.source) as reader:
       for name in sorted({a.checkpoint_name for a in assignments}):
         value = reader.read(name)
-        for a in assignments:
-          if a.checkpoint_name == name and a.policy == _policies.ADAPT:
-            d = decisions[a.name]
-            result, problem = _policies.adapt_value(d.adapter, value, a.name, d.variable.shape,
-                                                    d.variable.dtype, name)
-            if result is None:
-              problems.append(problem)
-            else:
-              adapted[a.name] = result
+        for v, adapter in adapt.get(name, ()):
+          result, problem = _policies.adapt_value(adapter, value, v.name, v.shape, v.dtype, name)
+          if result is None:
+            problems.append(problem)
+          else:
+            adapted[v.name] = result
         if self.check_finite and value.dtype.kind in "fc":
           finite = np.count_nonzero(np.isfinite(value))
           if finite != value.size:
