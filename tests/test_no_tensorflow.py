@@ -63,6 +63,7 @@ LIBRARY_CALLS = [
     "warmstart.convert({root!r} + '/a.safetensors', {root!r} + '/a.npz')",
     "warmstart.convert({root!r} + '/a.npz', {root!r} + '/back.ckpt')",
     "warmstart.read_tensor({root!r} + '/keras.h5', 'dense/kernel')",
+    "warmstart.plan({a!r}, {b!r}, on_shape_mismatch='partial', adapt={{'dense/bias': abs}})",
 ]
 
 
@@ -112,7 +113,7 @@ def test_cli_commands_do_not_import_tensorflow(checkpoints):
        "file %s.index; neither exists\n" % (nope, nope, nope), False]]}
 
 
-@pytest.mark.parametrize("name", ["estimator_from", "freeze", "settings"])
+@pytest.mark.parametrize("name", ["estimator_from", "freeze", "materialize", "settings"])
 def test_estimator_side_names_load_on_first_use(name):
   # Here TensorFlow is loaded already (conftest): the subprocess tests show it is not loaded by
   # `import warmstart`; this one, that the names resolve, documented, where type checkers see them.

@@ -72,18 +72,21 @@ def install(plan, variables: dict[str, tuple[VariableInfo, list]]):
   """
   source_prefix, keys = materialize(plan.source, {
       a.checkpoint_name for a in plan.assignments if a.policy != _policies.ADAPT})
+  adapted_prefix = None
+  if plan.adapted:  # their checkpoint lives as long as the graph whose initializers read it
+    derived = DerivedCheckpoint(plan.adapted)
+    _keep_alive.setdefault(tf.compat.v1.get_default_graph(), []).append(derived)
+    adapted_prefix = derived.prefix
   restore = _BatchedRestore()
   with tf.name_scope("warmstart"):
     for a in plan.assignments:
       if a.vocab is None:
         info, parts = variables[a.name]
         if a.policy == _policies.ADAPT:  # the adapted value, stored under the variable's name
-          _plan_reads(restore, a, info, parts, a.read_prefix, a.name)
+          _plan_reads(restore, a, info, parts, adapted_prefix, a.name)
         else:
           _plan_reads(restore, a, info, parts, source_prefix, keys[a.checkpoint_name])
     restore.build()
-  if plan.derived is not None:  # adapted values: their checkpoint lives as long as the graph
-    _keep_alive.setdefault(tf.compat.v1.get_default_graph(), []).append(plan.derived)
   vocab = [a for a in plan.assignments if a.vocab is not None]
   return (source_prefix, [v for a in vocab for v in variables[a.name][1]],
           {a.name: a.vocab for a in vocab},
@@ -248,7 +251,7 @@ class DerivedCheckpoint:
   """Values computed from the source (adapted tensors) in a private temporary checkpoint.
 
   The initializers read it when the session starts, so it lives as long as this object (held by
-  the Plan and by the graph it was applied to) and is removed afterwards, or at exit.
+  the graph it was applied to) and is removed afterwards, or at exit.
   """
 
   def __init__(self, tensors: Mapping[str, "np.ndarray"]):

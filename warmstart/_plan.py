@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
-from warmstart import _apply, _checkpoint, _finetune, _hints, _kinds, _policies, _rename, _select, _source, sources
+from warmstart import _checkpoint, _finetune, _hints, _kinds, _policies, _rename, _select, _source, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 from warmstart._rename import Rules
@@ -231,14 +231,12 @@ class Assignment:
     vocab: a tf.estimator.VocabInfo, passed through to TF, or None.
     policy: '' (a plain copy), 'partial', 'input_channels', 'squeeze' or 'adapt'.
     source_shape: the source tensor's shape.
-    read_prefix: for 'adapt', the derived checkpoint holding the adapted value (under `name`).
   """
   name: str
   checkpoint_name: str
   vocab: Optional[object] = None
   policy: str = ""
   source_shape: tuple[int, ...] = ()
-  read_prefix: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +251,10 @@ class Plan:
   source: CheckpointRef
   assignments: tuple[Assignment, ...]
   report: Report
-  # Keeps the checkpoint of adapted values alive while the plan is.
-  derived: Optional[_apply.DerivedCheckpoint] = dataclasses.field(default=None, repr=False,
-                                                                  compare=False)
+  # {model variable: value} computed by adapt functions; applying the plan writes them into a
+  # private checkpoint the graph's initializers read.
+  adapted: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False,
+                                                        compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,7 +483,7 @@ class Planner:
         Assignment(d.variable.name, d.checkpoint_name, self.vocab.get(d.variable.name),
                    d.policy, d.source_shape)
         for d in loads)
-    derived = None
+    adapted: dict[str, np.ndarray] = {}
     if resumed_from is None:
       adapted, problems = self._verify(assignments, {d.variable.name: d for d in loads})
       if problems:
@@ -492,10 +491,6 @@ class Planner:
         raise PlanError(_hints.plan_error_message(
             self.source.prefix, problems, selected, self.source_variables, bool(self.rules),
             target_hint), problems, report)
-      if adapted:
-        derived = _apply.DerivedCheckpoint(adapted)
-        assignments = tuple(dataclasses.replace(a, read_prefix=derived.prefix)
-                            if a.name in adapted else a for a in assignments)
     if self.freeze_loaded:
       report.warnings.extend(
           "freeze=True freezes %r, of which only the block %s was copied: the rest keeps its "
@@ -504,7 +499,7 @@ class Planner:
           for d in loads if d.policy == _policies.PARTIAL)
     for warning in report.warnings:
       logger.warning("%s", warning)
-    return Plan(self.source, assignments, report, derived)
+    return Plan(self.source, assignments, report, adapted)
 
   def _verify(self, assignments, decisions):
     """Reads every tensor to be loaded once, now, and runs the adapt functions on them.

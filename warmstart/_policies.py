@@ -25,9 +25,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
-import tensorflow as tf
 
-from warmstart import _select
+from warmstart import _dtypes, _select
 from warmstart._errors import WarmStartError
 
 ERROR = "error"
@@ -141,7 +140,7 @@ def check(policy: str, name: str, shape: Shape, dtype: str, checkpoint_name: str
         shape[:-2] + shape[-1:] != source_shape[:-2] + source_shape[-1:]):
       return ("on_shape_mismatch='input_channels' cannot adapt %r: only axis -2 (the input "
               "channels of [..., in, out]) may differ (%s). %s" % (name, sides, fix))
-    if not tf.as_dtype(dtype).is_floating:
+    if dtype not in _FLOATS:
       return ("on_shape_mismatch='input_channels' cannot adapt %r: it is %s, and the channels "
               "are summed and scaled. %s" % (name, dtype, fix))
     return ""
@@ -151,6 +150,9 @@ def check(policy: str, name: str, shape: Shape, dtype: str, checkpoint_name: str
               "than axes of size 1 (%s). %s" % (name, sides, fix))
     return ""
   raise AssertionError(policy)
+
+
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def _squeezed(shape):
@@ -175,7 +177,9 @@ def adapt_value(adapter: Adapter, value: np.ndarray, name: str, shape: Shape, dt
                   "is %s). Make the function return the model variable's shape." % (
                       adapter, _shape(result.shape), name, _shape(shape), checkpoint_name,
                       _shape(value.shape)))
-  target = np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+  target = _dtypes.numpy_dtype(dtype)
+  if target is None:
+    return None, "%s cannot fill %r: its dtype %s has no numpy values" % (adapter, name, dtype)
   if result.dtype != target:
     if not np.can_cast(result.dtype, target, casting="same_kind"):
       return None, ("%s returned dtype %s for %r, which is %s; cast the result (e.g. "
