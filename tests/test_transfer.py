@@ -9,6 +9,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -295,8 +296,19 @@ def test_materialize_interrupted_leaves_nothing_behind(tmp_path, source, monkeyp
   with pytest.raises(KeyboardInterrupt):
     materialize(tmp_path, source, {"dense/bias": [3]}, include="dense/.*")
   assert os.listdir(tmp_path) == []
-  with pytest.raises(warmstart.CheckpointNotFoundError):
-    warmstart.resolve_checkpoint(tmp_path / "pretrained")
+  # Killed (no clean-up) at the same point: the files are all in a hidden temporary directory.
+  monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
+  with pytest.raises(KeyboardInterrupt):
+    materialize(tmp_path, source, {"dense/bias": [3]}, include="dense/.*")
+  [left] = os.listdir(tmp_path)
+  assert left.startswith(".pretrained.tmp-")
+  assert glob.glob(str(tmp_path / left / "model.ckpt-0.*"))
+  for where in (tmp_path / "pretrained", tmp_path):
+    with pytest.raises(warmstart.CheckpointNotFoundError):
+      warmstart.resolve_checkpoint(where)
+  with pytest.raises(warmstart.WarmStartError, match="materialize writes a local directory"):
+    warmstart.materialize(model_fn, out_dir="gs://bucket/b", warm_start_from=source,
+                          input_fn=input_fn(), params={"variables": {}})
 
 
 # -- a DeepMedic-like transfer: more, wider and deeper pathways --------------------------------

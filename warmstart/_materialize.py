@@ -71,9 +71,21 @@ def materialize(model_fn_or_estimator: ModelFnOrEstimator, *,
   """
   if not out_dir:
     raise WarmStartError("out_dir is required: the warm-started checkpoint is written there")
-  out_dir = os.path.abspath(os.fspath(out_dir))
+  out_dir = os.fspath(out_dir)
+  if "://" in out_dir:
+    raise WarmStartError("materialize writes a local directory (built beside it and renamed "
+                         "atomically); got %s. Materialize locally and copy the directory." %
+                         out_dir)
+  out_dir = os.path.abspath(out_dir)
   _check_out_dir(out_dir)
   _estimator._check_writable(out_dir)  # pylint: disable=protected-access
+  if not callable(input_fn):
+    raise WarmStartError("materialize() needs input_fn (features and labels to build the model's "
+                         "graph from); got %r" % (input_fn,))
+  if not isinstance(model_fn_or_estimator, tf.estimator.Estimator) and not callable(
+      model_fn_or_estimator):
+    raise WarmStartError("materialize() takes a model_fn or an Estimator; got %s %r" % (
+        type(model_fn_or_estimator).__name__, model_fn_or_estimator))
   if isinstance(model_fn_or_estimator, tf.estimator.Estimator) and (
       model_fn_or_estimator._warm_start_settings is not None):  # pylint: disable=protected-access
     raise WarmStartError(
@@ -130,10 +142,6 @@ def materialize(model_fn_or_estimator: ModelFnOrEstimator, *,
 
 def _check_out_dir(out_dir):
   """Refuses an out_dir that holds a checkpoint or anything else (and leaves it untouched)."""
-  if "://" in out_dir:
-    raise WarmStartError("materialize writes a local directory (built beside it and renamed "
-                         "atomically); got %s. Materialize locally and copy the directory." %
-                         out_dir)
   if not os.path.lexists(out_dir):
     return
   if not os.path.isdir(out_dir):
