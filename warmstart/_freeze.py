@@ -3,7 +3,10 @@
 A variable must be non-trainable before the optimizer is built, and the optimizer is built inside
 the model_fn, so freezing acts while the model_fn creates its variables:
 - a variable creator takes each frozen variable out of the TRAINABLE_VARIABLES collections (what
-  `tf.compat.v1` optimizers and layers read);
+  `tf.compat.v1` optimizers and layers read). A part of a partitioned variable (`emb/part_0`)
+  is decided when TF sets its slice info right after creating it: only then are the logical
+  name and full shape known, and the plan decides on those (the parts of one variable are
+  frozen together, and listed once);
 - Keras layers decide trainability inside `Layer.add_weight` from their own argument, so while the
   model_fn runs, `add_weight` is wrapped to move a frozen variable to the layer's non-trainable
   weights (what canned estimators and `model.trainable_variables` read);
@@ -19,10 +22,12 @@ Afterwards `check_train_op` walks the train_op: if any op in it still writes a f
 import collections
 import contextlib
 import logging
+import re
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
 import tensorflow as tf
+from tensorflow.python.ops import variables as variables_lib  # pylint: disable=g-direct-tensorflow-import
 
 from warmstart import _apply, _finetune, _model_fn, _select, _update_control
 from warmstart._checkpoint import VariableInfo
@@ -51,10 +56,25 @@ def _keras_layer_classes():
   return classes
 
 
+# A part of a partitioned variable (or its optimizer slot): `emb/part_0`, `emb/part_0/Adam`.
+_PART = re.compile(r"/part_\d+(/|:|$)")
+
+
 def _info(variable):
-  return VariableInfo.make(_apply.variable_name(variable), variable.shape.as_list()
-                           if variable.shape.is_fully_defined() else [],
+  """The logical variable: a part of a partitioned variable gives its full name and shape."""
+  slice_info = getattr(variable, "_save_slice_info", None)
+  shape = (tf.TensorShape(slice_info.full_shape) if slice_info is not None
+           else variable.shape)
+  return VariableInfo.make(_apply.variable_name(variable),
+                           shape.as_list() if shape.is_fully_defined() else [],
                            variable.dtype.base_dtype)
+
+
+def _parts(variable) -> list:
+  """The variables of what a Keras `add_weight` returned (the parts of a partitioned one)."""
+  if isinstance(variable, (list, tuple, variables_lib.PartitionedVariable)):
+    return list(variable)
+  return [variable]
 
 
 class FreezeScope:
@@ -82,6 +102,7 @@ class FreezeScope:
     self.scheduled_variables: dict[str, list] = {}
     self.allowed_writers: set = set()
     self._frozen_ids: set[int] = set()
+    self._undecided: dict[int, Any] = {}  # parts created, waiting for their slice info
     self._scheduled_layers: set[int] = set()
     self._stack = contextlib.ExitStack()
     self._thread = threading.get_ident()
@@ -97,6 +118,9 @@ class FreezeScope:
     self._stack.enter_context(_update_control.PATCH_LOCK)
     if self._predicate is not None:
       self._stack.enter_context(tf.compat.v1.variable_creator_scope(self._creator))
+      self._stack.callback(self._decide_undecided)
+      _update_control.patch_method(self._stack, tf.Variable, "_set_save_slice_info",
+                                   self._wrap_set_slice_info)
       for cls in _keras_layer_classes():
         _update_control.patch_method(self._stack, cls, "add_weight", self._wrap_add_weight)
     if batchnorm:
@@ -123,13 +147,37 @@ class FreezeScope:
     self._frozen_ids.add(id(variable))
     logger.debug("froze %s", name)
 
-  def _creator(self, next_creator, **kwargs):
+  def _decide(self, variable):
     assert self._predicate is not None  # hooked only with a predicate
-    variable = next_creator(**kwargs)
     info = _info(variable)
     if self._predicate(info):
       self._freeze(variable, info.name)
+
+  def _decide_undecided(self):
+    """Decides the part-named variables that got no slice info (not partitioned after all)."""
+    undecided, self._undecided = self._undecided, {}
+    for variable in undecided.values():
+      self._decide(variable)
+
+  def _creator(self, next_creator, **kwargs):
+    variable = next_creator(**kwargs)
+    self._decide_undecided()
+    if _PART.search(variable.name):
+      # TF sets a part's slice info (full name and shape) right after creating it.
+      self._undecided[id(variable)] = variable
+    else:
+      self._decide(variable)
     return variable
+
+  def _wrap_set_slice_info(self, original):
+    scope = self
+
+    def _set_save_slice_info(variable, save_slice_info):
+      original(variable, save_slice_info)
+      # Only parts this scope's creator made are waiting (the creator scope is per thread).
+      if scope._undecided.pop(id(variable), None) is not None:  # pylint: disable=protected-access
+        scope._decide(variable)  # pylint: disable=protected-access
+    return _set_save_slice_info
 
   def _wrap_add_weight(self, original):
     scope = self
@@ -138,8 +186,7 @@ class FreezeScope:
       variable = original(layer, *args, **kwargs)
       if threading.get_ident() != scope._thread:  # pylint: disable=protected-access
         return variable
-      parts = list(variable) if isinstance(variable, (list, tuple)) else [variable]
-      for part in parts:
+      for part in _parts(variable):
         if id(part) in scope._frozen_ids:  # pylint: disable=protected-access
           trainable = layer._trainable_weights  # pylint: disable=protected-access
           if any(w is part for w in trainable):
