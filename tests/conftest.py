@@ -7,6 +7,7 @@ source. Tests that damage their own inputs on purpose call `mark_modified` after
 import glob
 import hashlib
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -159,3 +160,46 @@ def bn_model(tmp_path_factory):
   # Training moved the statistics away from their initializers (0 and 1).
   assert not np.allclose(read(prefix, "mnist/bn/moving_mean"), 0)
   return prefix
+
+
+# -- the command line, run in-process by workers that never import TensorFlow ------------------
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import fuzz_checkpoints  # noqa: E402  (its Worker runs the real CLI)
+
+# TF_CPP_MIN_LOG_LEVEL as users leave it (unset) and set it: a bad input must give one stderr
+# line with each.
+TF_LOG_LEVELS = (None, "0", "2", "3")
+
+
+@pytest.fixture(scope="session")
+def cli_workers():
+  """{TF_CPP_MIN_LOG_LEVEL: a fuzz_checkpoints.Worker running the CLI with it in its env}."""
+  workers = {level: fuzz_checkpoints.Worker(TF_CPP_MIN_LOG_LEVEL=level)
+             for level in TF_LOG_LEVELS}
+  yield workers
+  for worker in workers.values():
+    worker.stop()
+
+
+def cli_run(worker, argv):
+  """Runs `warmstart ARGV` in a worker; returns its outcome (code, stdout, stderr, peak_memory)."""
+  outcome, crash = worker.run([str(arg) for arg in argv])
+  assert crash is None and outcome["escaped"] is None, (argv, crash, outcome)
+  assert not outcome["tensorflow"], argv
+  assert "Traceback" not in outcome["stderr"] + outcome["stdout"]
+  return outcome
+
+
+def assert_cli_error(workers, argv, *words):
+  """With every TF_CPP_MIN_LOG_LEVEL: exit 2 and exactly one `warmstart: error:` line holding
+  `words`. Returns the outcome with the level unset."""
+  outcomes = {level: cli_run(worker, argv) for level, worker in workers.items()}
+  for level, outcome in outcomes.items():
+    lines = outcome["stderr"].strip().splitlines()
+    assert outcome["code"] == 2 and len(lines) == 1, (level, outcome)
+    assert lines[0].startswith("warmstart: error: "), (level, outcome)
+    for word in words:
+      assert word in lines[0], (level, lines[0])
+  return outcomes[None]

@@ -6,12 +6,11 @@ must be exactly the same after the failing call.
 import hashlib
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import mark_modified, write_checkpoint
+from conftest import assert_cli_error, mark_modified, write_checkpoint
 
 import warmstart
 
@@ -453,18 +452,8 @@ def test_bad_input(tmp_path, make, error, words):
   assert snapshot(tmp_path) == before
 
 
-# -- the same inputs through the CLI: exit status 2, one line on stderr, no traceback ---------
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
-import fuzz_checkpoints  # noqa: E402  (its worker runs the real CLI, importing TF once)
-
-
-@pytest.fixture(scope="module")
-def cli():
-  worker = fuzz_checkpoints.Worker()
-  yield worker
-  worker.stop()
+# -- the same inputs through the CLI: exit status 2, one line on stderr, no traceback, with every
+# TF_CPP_MIN_LOG_LEVEL (conftest.cli_workers)
 
 
 def plan_argv(*extra):
@@ -551,15 +540,8 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("make, words", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
-def test_bad_input_through_the_cli(tmp_path, cli, make, words):
+def test_bad_input_through_the_cli(tmp_path, cli_workers, make, words):
   argv = make(tmp_path)
   before = snapshot(tmp_path)
-  outcome, crash = cli.run(argv)
-  assert crash is None
-  assert outcome["escaped"] is None and outcome["code"] == 2, outcome
-  lines = outcome["stderr"].strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("warmstart: error: "), outcome["stderr"]
-  for word in words:
-    assert word in lines[0]
-  assert "Traceback" not in outcome["stderr"] + outcome["stdout"]
+  assert_cli_error(cli_workers, argv, *words)
   assert snapshot(tmp_path) == before

@@ -24,15 +24,19 @@ B_TENSORS = {"same": np.array([1.0, 2.0, 3.0], F32), "changed": np.array([1.0, 0
              "only_b": np.ones(1, F32), "global_step": np.int64(20)}
 
 
-def env():
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+def env(tf_log_level="3"):
+  """The environment of a run, TF_CPP_MIN_LOG_LEVEL as given (None: unset)."""
+  variables = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=tf_log_level or "",
+                   PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+  if tf_log_level is None:
+    del variables["TF_CPP_MIN_LOG_LEVEL"]
+  return variables
 
 
-def warmstart(*args):
+def warmstart(*args, tf_log_level="3"):
   """Runs `python -m warmstart ARGS`; returns the CompletedProcess (text, captured)."""
   return subprocess.run([sys.executable, "-m", "warmstart", *args], capture_output=True,
-                        text=True, env=env(), cwd=REPO, timeout=300, check=False)
+                        text=True, env=env(tf_log_level), cwd=REPO, timeout=300, check=False)
 
 
 def assert_clean_error(result, *words):
@@ -228,8 +232,12 @@ def test_bad_input_exits_2_with_one_line(checkpoints):
       "corrupt index": (("ls", corrupt), [os.path.join(corrupt, "model.ckpt")]),
       "wrong arguments": (("diff", checkpoints["a"]), ["'diff' takes A B"]),
   }
+  # Each case with another TF_CPP_MIN_LOG_LEVEL, in real `python -m warmstart` processes (every
+  # case with every level: test_bad_inputs, through in-process workers).
+  levels = dict(zip(cases, [None, "0", "2", "3", None]))
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = dict(zip(cases, pool.map(lambda case: warmstart(*case[0]), cases.values())))
+    results = dict(zip(cases, pool.map(
+        lambda name: warmstart(*cases[name][0], tf_log_level=levels[name]), cases)))
   for name, (_, words) in cases.items():
     assert_clean_error(results[name], *words), name
 

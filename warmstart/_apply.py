@@ -11,19 +11,17 @@ a user's adapt function are read from a derived checkpoint in a private temporar
 Only vocabulary remapping is left to TF's own `warm_start`. The initializers run only when the
 session starts from scratch, so a model_dir that already holds a checkpoint resumes instead.
 """
-import atexit
 import logging
 import os
 import re
 import shutil
-import tempfile
 import weakref
 from collections.abc import Mapping
 
 import numpy as np
 import tensorflow as tf
 
-from warmstart import _checkpoint, _policies, sources
+from warmstart import _checkpoint, _policies, _scratch, sources
 from warmstart._checkpoint import VariableInfo
 from warmstart._errors import WarmStartError
 from warmstart.sources import _writers
@@ -236,9 +234,9 @@ def materialize(ref, names) -> tuple[str, dict[str, str]]:
          frozenset(names))
   if key not in _materialized:
     # The initializers read the checkpoint when the session starts, so it must outlive this call;
-    # it lives in a private temp dir removed at exit (the source is never written).
-    directory = tempfile.mkdtemp(prefix="warmstart-source-")
-    atexit.register(shutil.rmtree, directory, True)
+    # it lives in a private scratch dir removed at exit, or by the next process that makes one
+    # if this one is killed (the source is never written).
+    directory = _scratch.make_dir("source")
     prefix = os.path.join(directory, "source")
     with sources.open_reader(ref) as reader:
       _writers.write_checkpoint(prefix, [reader.variables[n] for n in sorted(names)], reader.read)
@@ -251,11 +249,11 @@ class DerivedCheckpoint:
   """Values computed from the source (adapted tensors) in a private temporary checkpoint.
 
   The initializers read it when the session starts, so it lives as long as this object (held by
-  the graph it was applied to) and is removed afterwards, or at exit.
+  the graph it was applied to) and is removed afterwards, or at exit (see `_scratch`).
   """
 
   def __init__(self, tensors: Mapping[str, "np.ndarray"]):
-    directory = tempfile.mkdtemp(prefix="warmstart-adapted-")
+    directory = _scratch.make_dir("adapted")
     self._cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
     self.prefix = os.path.join(directory, "adapted")
     _writers.write_checkpoint(

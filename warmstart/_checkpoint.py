@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from warmstart import _dtypes, _kinds, _source
+from warmstart import _dtypes, _kinds, _limits, _source
 from warmstart._errors import CheckpointNotFoundError, WarmStartError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ _SIMPLE_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", '"': b'"', "'": b"'", "\\
                    "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v", "?": b"?"}
 _STATE_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths",
                  "all_model_checkpoint_timestamps", "last_preserved_timestamp")
-_MAX_STATE_FILE = 1 << 24
+_MAX_STATE_FILE = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,41 +139,38 @@ def _checkpoints_in(directory):
   return complete, notes
 
 
-def _state_file_prefix(directory, complete):
-  """The prefix the `checkpoint` state file names, resolved inside `directory`, if complete."""
+def _state_file_prefix(directory, complete) -> tuple[Optional[str], str]:
+  """(the prefix the `checkpoint` state file names, resolved inside `directory`, if complete;
+  else None and why it is not used, or "" when there is no state file)."""
   state_path = os.path.join(directory, "checkpoint")
   if not os.path.isfile(state_path):
-    return None
+    return None, ""
   try:
     named = _model_checkpoint_path(state_path)
-  except (OSError, ValueError) as err:  # A garbled state file: fall back to the directory listing.
-    logger.warning("ignoring unreadable checkpoint state file %s: %s", state_path, err)
-    return None
+  except ValueError as err:  # A garbled state file: fall back to the directory listing.
+    return None, "ignored the unreadable checkpoint state file %s: %s" % (state_path, err)
   if not named:
-    return None
+    return None, ""
   # The state file may hold absolute paths from where the directory used to be: the file
   # of that name inside the directory given is the one meant.
   inside = os.path.join(directory, os.path.basename(named))
   if inside in complete.values():
-    return inside
-  logger.warning("checkpoint state file %s names %s, which is not a complete checkpoint in %s;"
-                 " using the newest complete one instead", state_path, named, directory)
-  return None
+    return inside, ""
+  return None, ("the checkpoint state file %s names %r, which is not a complete checkpoint in "
+                "%s" % (state_path, named, directory))
 
 
 def _model_checkpoint_path(state_path) -> Optional[str]:
   """The `model_checkpoint_path` of a `checkpoint` state file, as TF's get_checkpoint_state reads it.
 
   Like protobuf's `text_format.Merge`, a field given twice keeps its last value and an unknown
-  field is an error.
+  field is an error. The file is read only if it is small (a state file is a few KiB).
 
   Raises:
-    ValueError: the file is not a CheckpointState in text format.
+    ValueError: the file is not a CheckpointState in text format (CheckpointReadError if it is
+      too large or unreadable).
   """
-  with open(state_path, "rb") as f:
-    data = f.read(_MAX_STATE_FILE + 1)
-  if len(data) > _MAX_STATE_FILE:
-    raise ValueError("larger than %d bytes" % _MAX_STATE_FILE)
+  data = _limits.read_file(state_path, _MAX_STATE_FILE, "checkpoint state file")
   text = data.decode("utf-8")
   found = []
   pos = 0
@@ -335,10 +332,12 @@ def _resolve_directory(directory, step):
         "no checkpoint of step %d in %s; steps there: %s%s" % (
             step, directory, ", ".join(map(str, steps)) or "none",
             "".join("; " + n for n in notes)))
-  prefix = _state_file_prefix(directory, complete)
+  prefix, state_note = _state_file_prefix(directory, complete)
   if prefix is None and complete:
     # Newest by step; a step-less prefix only when there is nothing else.
     prefix = complete[max(complete, key=lambda s: -1 if s is None else s)]
+    if state_note:
+      logger.warning("%s; using the newest complete checkpoint, %s", state_note, prefix)
   if prefix is not None:
     return CheckpointRef(prefix, _step_of(prefix), CHECKPOINT)
   looked = ["a 'checkpoint' state file", "*.index files with their data shards",
@@ -347,5 +346,6 @@ def _resolve_directory(directory, step):
   for sub in ("models", "variables"):
     if glob.glob(os.path.join(glob.escape(os.path.join(directory, sub)), "*.index")):
       hint = " %s/ holds checkpoints: pass %s" % (sub, os.path.join(directory, sub))
-  raise CheckpointNotFoundError("no checkpoint in directory %s: looked for %s%s.%s" % (
-      directory, ", ".join(looked), "".join("; found " + n for n in notes), hint))
+  raise CheckpointNotFoundError("no checkpoint in directory %s: looked for %s%s%s.%s" % (
+      directory, ", ".join(looked), "".join("; found " + n for n in notes),
+      "; " + state_note if state_note else "", hint))

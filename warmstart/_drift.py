@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from warmstart import _checkpoint, _events, _kinds, _rename, _select, sources
+from warmstart import _checkpoint, _events, _kinds, _printable, _rename, _select, sources
 from warmstart._checkpoint import Source, VariableInfo
 from warmstart._errors import CheckpointNotFoundError, PatternError, WarmStartError
 
@@ -272,7 +272,7 @@ class DriftReport:
       lines.append("left out (%d): %s" % (len(self.left_out), "; ".join(
           "%s (%s)" % item for item in self.left_out[:5]) + (
               " ..." if len(self.left_out) > 5 else "")))
-    return "\n".join(lines)
+    return _printable.printable_lines(lines)  # names come from files: escape what they hold
 
   def write_summaries(self, logdir: str) -> str:
     """Writes the drift as TensorBoard scalars `warmstart/drift/<group>` at each step.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
-from warmstart import _checkpoint, _finetune, _hints, _kinds, _policies, _rename, _select, _source, sources
+from warmstart import _checkpoint, _finetune, _hints, _kinds, _policies, _printable, _rename, _select, _source, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 from warmstart._errors import CheckpointReadError, PatternError, PlanError, WarmStartError
 from warmstart._rename import Rules
@@ -180,7 +180,7 @@ class Report:
       if items:
         lines.append("  %s:" % title)
         lines.extend("    - " + item for item in items)
-    return "\n".join(lines)
+    return _printable.printable_lines(lines)  # names come from files: escape what they hold
 
 
 def _group(values):
@@ -502,11 +502,13 @@ class Planner:
     return Plan(self.source, assignments, report, adapted)
 
   def _verify(self, assignments, decisions):
-    """Reads every tensor to be loaded once, now, and runs the adapt functions on them.
+    """Checks every tensor to be loaded once, now, and runs the adapt functions on them.
 
-    Each tensor's bytes are checked against their checksum as they are read, so a corrupt
-    source fails here with our error instead of later inside the training session;
-    `check_finite` also looks for NaN and Inf.
+    Each tensor's bytes are checked against their checksum (and a string tensor's layout), in
+    bounded memory, so a corrupt source fails here with our error instead of later inside the
+    training session, and TensorFlow's reader only ever sees tensors that passed. A tensor is
+    read whole only for an adapt function, or for `check_finite` (NaN and Inf) if it is
+    floating-point.
 
     Returns:
       ({model variable name: adapted value}, [problems with adapt functions]).
@@ -521,6 +523,10 @@ class Planner:
         adapt.setdefault(d.checkpoint_name, []).append((d.variable, d.adapter))
     with sources.open_reader(self.source) as reader:
       for name in sorted({a.checkpoint_name for a in assignments}):
+        finite_check = self.check_finite and reader.variables[name].dtype.startswith(_FLOATING)
+        if name not in adapt and not finite_check:
+          reader.check(name)
+          continue
         value = reader.read(name)
         for v, adapter in adapt.get(name, ()):
           result, problem = _policies.adapt_value(adapter, value, v.name, v.shape, v.dtype, name)
@@ -528,7 +534,7 @@ class Planner:
             problems.append(problem)
           else:
             adapted[v.name] = result
-        if self.check_finite and value.dtype.kind in "fc":
+        if finite_check:
           finite = np.count_nonzero(np.isfinite(value))
           if finite != value.size:
             non_finite.append("%s (%d of %d elements)" % (name, value.size - finite, value.size))
@@ -538,6 +544,10 @@ class Planner:
           "warm-start from an earlier checkpoint (step=N)." % (self.source.prefix,
                                                                  ", ".join(non_finite)))
     return adapted, problems
+
+
+# Names of the dtypes whose values can be NaN or Inf.
+_FLOATING = ("float", "bfloat", "complex")
 
 
 def _check_vocab(vocab) -> dict[str, object]:

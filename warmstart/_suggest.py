@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
-from warmstart import _checkpoint, _induce, _match, sources
+from warmstart import _checkpoint, _induce, _match, _printable, sources
 from warmstart._checkpoint import CheckpointRef, Source, VariableInfo
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ class RenameSuggestion:
       lines.append("]")
     if self.exclude:
       lines.append("exclude = [%s]" % ", ".join(_python_string(p) for p in self.exclude))
-    return "\n".join(lines + self.unmatched_lines())
+    # Names come from files: what they hold is escaped.
+    return _printable.printable_lines(lines + self.unmatched_lines())
 
 
 def _python_string(text: str) -> str:

@@ -66,11 +66,11 @@ import shlex
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+from absl import logging as absl_logging  # defines --verbosity; its handler prints the logs
 
 import warmstart
-from warmstart import _checkpoint, _plot, _select, sources
-from warmstart import _suggest as _suggest_module
+from warmstart import _checkpoint, _plot, _printable, _select, sources
 
 _INCLUDE = flags.DEFINE_multi_string(
     "include", None, "Regex (fully matched) of tensor / variable names to take; repeatable.")
@@ -138,7 +138,7 @@ _COMMAND_FLAGS = {
 _POSITIONALS = {"ls": ("CKPT",), "plan": (), "diff": ("A", "B"), "suggest": (), "drift": (),
                 "convert": ("SRC", "OUT")}
 _OWN_FLAGS = sorted({holder.name for holders in _COMMAND_FLAGS.values() for holder in holders})
-_HELP = ("-h", "-help", "--help", "--helpshort", "-?", "help")
+_HELP = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?", "help")
 
 
 class _Trouble(Exception):
@@ -146,9 +146,10 @@ class _Trouble(Exception):
 
 
 def _error_line(message) -> str:
-  """One line on stderr, whatever the message: a PlanError's list of problems is joined."""
-  return "%s: error: %s\n" % (PROGRAM, " ".join(
-      line.strip() for line in str(message).strip().splitlines()))
+  """One line on stderr, whatever the message: a PlanError's list of problems is joined, and
+  what a name from a file holds is escaped."""
+  return "%s: error: %s\n" % (PROGRAM, _printable.printable(" ".join(
+      line.strip() for line in str(message).strip().splitlines())))
 
 
 def _normalize(argv):
@@ -236,7 +237,12 @@ def _jsonable(value):
 
 
 def _print_json(data):
-  print(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
+  print(json.dumps(data, indent=2, sort_keys=True, allow_nan=False))  # JSON escapes itself
+
+
+def _say(line):
+  """Prints one line for people; what names from files hold is escaped (no forged lines)."""
+  print(_printable.printable(line))
 
 
 def _source(path, *, torch_only=False):
@@ -280,21 +286,22 @@ def _ls(path):
                  "count": len(variables), "total_bytes": total,
                  "by_kind": {k: {"count": c, "nbytes": n} for k, (c, n) in by_kind.items()}})
     return EXIT_SAME
-  print("%s %s%s" % (ref.kind, ref.prefix, "" if ref.step is None else " (step %d)" % ref.step))
+  _say("%s %s%s" % (ref.kind, ref.prefix, "" if ref.step is None else " (step %d)" % ref.step))
   # The key in the file, where it is not the name (TF2 object paths, .h5 dataset paths).
   show_keys = any(keys[v.name] != v.name for v in variables)
-  rows = [(v.name, _shape(v.shape), v.dtype,
+  rows = [(_printable.printable(v.name), _shape(v.shape), v.dtype,
            _human_bytes(v.nbytes) if v.nbytes or v.dtype != "string" else "?", v.kind,
-           "  ".join(filter(None, (keys[v.name] if show_keys else "", notes.get(v.name)))))
+           _printable.printable("  ".join(filter(None, (keys[v.name] if show_keys else "",
+                                                  notes.get(v.name))))))
           for v in variables]
   header = ("name", "shape", "dtype", "size", "kind",
             "key in file" if show_keys else ("note" if notes else ""))
   widths = [max(len(row[i]) for row in [*rows, header]) for i in range(5)]
   for row in [header, *rows]:
-    print(("  %-*s  %-*s  %-*s  %*s  %-*s  %s" % (
+    _say(("  %-*s  %-*s  %-*s  %*s  %-*s  %s" % (
         widths[0], row[0], widths[1], row[1], widths[2], row[2], widths[3], row[3], widths[4],
         row[4], row[5])).rstrip())
-  print("%d variable%s, %s: %s" % (
+  _say("%d variable%s, %s: %s" % (
       len(variables), "" if len(variables) == 1 else "s", _human_bytes(total),
       ", ".join("%d %s (%s)" % (c, k, _human_bytes(n)) for k, (c, n) in sorted(by_kind.items()))
       or "none"))
@@ -317,10 +324,17 @@ def _plan():
     report = warmstart.plan(_source(_FROM.value), _TO.value, **arguments).report
   except warmstart.PlanError as err:
     if err.report is not None:
-      print(err.report.to_json() if _JSON.value else err.report)
+      _show_report(err.report)
     raise
-  print(report.to_json() if _JSON.value else report)
+  _show_report(report)
   return EXIT_SAME
+
+
+def _show_report(report):
+  if _JSON.value:
+    print(report.to_json())
+  else:
+    print(report)  # str() of a report escapes the names in it
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,14 +350,15 @@ def _suggest():
     return EXIT_SAME
   # Flags first, so the whole output pastes after `warmstart plan --from SRC --to TARGET \`;
   # the rest as shell comments, harmless when pasted along.
+  from warmstart import _suggest as _suggest_module  # pylint: disable=g-import-not-at-top
   for line in _suggest_module.shell_lines(suggestion):
-    print(line)
-  print("# warmstart suggest: " + suggestion.summary())
+    _say(line)
+  _say("# warmstart suggest: " + suggestion.summary())
   if suggestion.rules or suggestion.exclude:
-    print("# the flags above go after: warmstart plan --from %s --to %s" % (
+    _say("# the flags above go after: warmstart plan --from %s --to %s" % (
         shlex.quote(_FROM.value), shlex.quote(_TO.value)))
   for line in suggestion.unmatched_lines():
-    print("# " + line)
+    _say("# " + line)
   return EXIT_SAME
 
 
@@ -439,19 +454,22 @@ def _diff(path_a, path_b):
     data["exit_status"] = status
     _print_json(data)
     return status
-  print(report)
+  print(report)  # str() of a report escapes the names in it
   for _name, sides in values:
     for label, prefix, wanted, value in sides:
-      print("tensor_name: ", wanted)
-      print("(not in %s: %s)" % (label, prefix) if value is None else value)
+      _say("tensor_name:  %s" % wanted)
+      if value is None:
+        _say("(not in %s: %s)" % (label, prefix))
+      else:
+        print(value)  # numpy prints strings with their escapes
   if expecting:
     for failure in failures:
-      print("expectation failed: %s" % failure)
+      _say("expectation failed: %s" % failure)
     total = len(expect_same) + len(expect_changed)
-    print("expectations: %s" % ("%d failed" % len(failures) if failures else
+    _say("expectations: %s" % ("%d failed" % len(failures) if failures else
                                 "all %d hold" % total))
   if plot:
-    print("plot: %s" % plot)
+    _say("plot: %s" % plot)
   return status
 
 
@@ -478,12 +496,12 @@ def _drift():
       data["plot"] = plot
     _print_json(data)
     return EXIT_SAME
-  print(report)
-  print("TensorBoard scalars warmstart/drift/<group>: %s" % events)
-  print("  see them: tensorboard --logdir %s" % (
+  print(report)  # str() of a report escapes the names in it
+  _say("TensorBoard scalars warmstart/drift/<group>: %s" % events)
+  _say("  see them: tensorboard --logdir %s" % (
       _MODEL_DIR.value if _LOGDIR.value is None else os.path.dirname(events)))
   if plot:
-    print("plot: %s" % plot)
+    _say("plot: %s" % plot)
   return EXIT_SAME
 
 
@@ -497,15 +515,27 @@ def _convert(source, out):
   with sources.open_reader(warmstart.resolve_checkpoint(_source(source))) as reader:
     transposed = sorted(n for n, note in reader.notes.items() if "transposed from torch" in note)
   variables = warmstart.list_variables(ref)
-  print("wrote %d tensor%s (%s) to %s %s" % (
+  _say("wrote %d tensor%s (%s) to %s %s" % (
       len(variables), "" if len(variables) == 1 else "s",
       _human_bytes(sum(v.nbytes for v in variables)), ref.kind, ref.prefix))
   if transposed:
-    print("transposed from PyTorch layout (%d): %s" % (len(transposed), ", ".join(transposed)))
+    _say("transposed from PyTorch layout (%d): %s" % (len(transposed), ", ".join(transposed)))
   return EXIT_SAME
 
 
 # ------------------------------------------------------------------------------------------
+
+
+class _Warnings(logging.Handler):
+  """Holds the library's warnings while a command runs: printed after a result, or folded into
+  the one error line when the command fails (a stderr of exactly one line)."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.messages: list[str] = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
 
 
 def main(argv):
@@ -515,24 +545,18 @@ def main(argv):
                                  "ls|plan|suggest|diff|drift|convert ... (see --help)"))
     return EXIT_TROUBLE
   command, args = argv[1], argv[2:]
+  library_logger = logging.getLogger("warmstart")
+  warnings = _Warnings()
   if not flags.FLAGS["verbosity"].present:
     # The CLI prints the reports itself; the library's INFO summaries would repeat them.
-    logging.getLogger("warmstart").setLevel(logging.WARNING)
+    library_logger.setLevel(logging.WARNING)
+    library_logger.addHandler(warnings)
+    library_logger.propagate = False
   try:
-    _check_usage(command, args)
-    if command == "ls":
-      return _ls(*args)
-    if command == "plan":
-      return _plan()
-    if command == "suggest":
-      return _suggest()
-    if command == "drift":
-      return _drift()
-    if command == "convert":
-      return _convert(*args)
-    return _diff(*args)
+    status = _run(command, args)
   except (_Trouble, warmstart.WarmStartError) as err:
-    sys.stderr.write(_error_line(err))
+    sys.stderr.write(_error_line("%s%s" % (err, "".join(
+        " (warning: %s)" % message for message in warnings.messages))))
     return EXIT_TROUBLE
   except BrokenPipeError:  # `warmstart ... | head`: stop quietly, like other tools
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -541,6 +565,27 @@ def main(argv):
     sys.stderr.write(_error_line("%s%s" % (err.strerror or err, ": %s" % err.filename
                                            if err.filename else "")))
     return EXIT_TROUBLE
+  finally:
+    library_logger.removeHandler(warnings)
+    library_logger.propagate = True
+  for message in warnings.messages:
+    sys.stderr.write("%s: warning: %s\n" % (PROGRAM, _printable.printable(message)))
+  return status
+
+
+def _run(command, args):
+  _check_usage(command, args)
+  if command == "ls":
+    return _ls(*args)
+  if command == "plan":
+    return _plan()
+  if command == "suggest":
+    return _suggest()
+  if command == "drift":
+    return _drift()
+  if command == "convert":
+    return _convert(*args)
+  return _diff(*args)
 
 
 def run():
@@ -552,10 +597,13 @@ def run():
   set is kept).
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  main_module = sys.modules.get("__main__")
-  if main_module is not None and not getattr(main_module, "__doc__", None):
-    main_module.__doc__ = __doc__  # absl's --helpfull prints the main module's docstring
-  app.run(main, flags_parser=_parse_flags)
+  # Not absl.app.run: it imports pdb and more (a tenth of `warmstart ls`) for features the CLI
+  # does not use; flags, help and exit status are handled here.
+  argv = _parse_flags(sys.argv)
+  if flags.FLAGS["verbosity"].present:
+    absl_logging.use_absl_handler()  # the library's logs, at the level asked for
+    absl_logging.set_verbosity(flags.FLAGS.verbosity)
+  sys.exit(main(argv))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ class Reader(abc.ABC):
       CheckpointReadError: its data is damaged (a checksum does not match, the file is short).
     """
 
+  def check(self, name: str) -> None:
+    """Reads tensor `name` to check it (checksums, layout) without keeping its value.
+
+    Formats that can check a tensor in bounded memory override this; by default it is read.
+
+    Raises:
+      PatternError, CheckpointReadError: as `read`.
+    """
+    self.read(name)
+
   def key_of(self, name: str) -> str:
     """The tensor's key inside the file (the same as its name unless the format renames)."""
     return name
