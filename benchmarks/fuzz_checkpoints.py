@@ -21,9 +21,9 @@ CLI, in a worker process that never imports TensorFlow. The mutations are
   with a valid checksum.
 
 Each run is one of:
-- result: exit 0 or 1 (with at most one warning line on stderr). After byte damage that
-  checksums must catch, it must equal the result for the undamaged A, else it is *wrong*;
-  after an edit that keeps the checksums valid a different result can be right;
+- result: exit 0 or 1 (with nothing but `warmstart: warning:` lines on stderr). After byte
+  damage that checksums must catch, it must equal the result for the undamaged A, else it is
+  *wrong*; after an edit that keeps the checksums valid a different result can be right;
 - clean error: exit 2 and exactly one `warmstart: error: ...` line on stderr;
 - unclean: anything else on stderr, or TensorFlow imported;
 - memory: the run's peak memory (VmHWM, reset before each run) went past 1 GiB;
@@ -899,7 +899,7 @@ def classify(outcome, crash, expected, checked):
   if outcome["code"] == 2:
     return "clean_error" if len(errors) == 1 and errors[0].startswith("warmstart: error:") \
         else "unclean"
-  if len(errors) > 1:
+  if any(not line.startswith("warmstart: warning: ") for line in errors):
     return "unclean"
   return "wrong" if checked and (outcome["code"], outcome["stdout"]) != expected else "result"
 

@@ -299,8 +299,10 @@ def test_names_with_escapes_and_newlines_cannot_forge_output(tmp_path, cli):
 def test_only_the_tensors_to_load_are_converted(tmp_path):
   np.savez(tmp_path / "w.npz", small=np.ones(3, F32), unselected=np.zeros((256, 1024), F32))
   ref = warmstart.resolve_checkpoint(str(tmp_path / "w.npz"))
-  prefix = _apply.materialize(ref, {"small"})
+  prefix, keys = _apply.materialize(ref, {"small"})
+  assert keys == {"small": "small"}
   assert [v.name for v in warmstart.list_variables(prefix)] == ["small"]
+  assert os.path.basename(os.path.dirname(os.path.dirname(prefix))).startswith("warmstart-")
   assert os.path.getsize(prefix + ".data-00000-of-00001") == 12
 
 

@@ -147,7 +147,7 @@ def _state_file_prefix(directory, complete) -> tuple[Optional[str], str]:
     return None, ""
   try:
     named = _model_checkpoint_path(state_path)
-  except ValueError as err:  # A garbled state file: fall back to the directory listing.
+  except (OSError, ValueError) as err:  # Garbled or gone: fall back to the directory listing.
     return None, "ignored the unreadable checkpoint state file %s: %s" % (state_path, err)
   if not named:
     return None, ""
@@ -170,6 +170,10 @@ def _model_checkpoint_path(state_path) -> Optional[str]:
     ValueError: the file is not a CheckpointState in text format (CheckpointReadError if it is
       too large or unreadable).
   """
+  size = os.stat(state_path).st_size
+  if size > _MAX_STATE_FILE:
+    raise ValueError("it is %d bytes; a state file holds a few KiB (at most %d are read)"
+                     % (size, _MAX_STATE_FILE))
   data = _limits.read_file(state_path, _MAX_STATE_FILE, "checkpoint state file")
   text = data.decode("utf-8")
   found = []

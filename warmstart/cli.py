@@ -535,7 +535,9 @@ class _Warnings(logging.Handler):
     self.messages: list[str] = []
 
   def emit(self, record):
-    self.messages.append(record.getMessage())
+    message = record.getMessage()
+    if message not in self.messages:  # a source resolved twice warns twice
+      self.messages.append(message)
 
 
 def main(argv):
