@@ -14,7 +14,6 @@ session starts from scratch, so a model_dir that already holds a checkpoint resu
 import logging
 import os
 import re
-import shutil
 import weakref
 from collections.abc import Mapping
 
@@ -254,7 +253,7 @@ class DerivedCheckpoint:
 
   def __init__(self, tensors: Mapping[str, "np.ndarray"]):
     directory = _scratch.make_dir("adapted")
-    self._cleanup = weakref.finalize(self, shutil.rmtree, directory, True)
+    self._cleanup = weakref.finalize(self, _scratch.remove, directory)
     self.prefix = os.path.join(directory, "adapted")
     _writers.write_checkpoint(
         self.prefix, [VariableInfo.make(n, v.shape, v.dtype) for n, v in tensors.items()],

@@ -23,17 +23,33 @@ logger = logging.getLogger(__name__)
 def make_dir(purpose: str) -> str:
   """Makes a new private directory `<tmp>/warmstart-<uid>/<purpose>-<pid>-<start>-XXXX`.
 
-  It is removed at exit, or by the next call in any process once this one is gone.
+  It is removed at exit (or earlier with `remove`), or by the next call in any process once this
+  one is gone; the per-user directory goes when it is left empty.
 
   Raises:
     WarmStartError: the per-user directory exists but is not a private directory of this user.
   """
-  root = _user_root()
-  _remove_orphans(root)
-  directory = tempfile.mkdtemp(prefix="%s-%d-%s-" % (purpose, os.getpid(), _start_time(os.getpid())),
-                               dir=root)
-  atexit.register(shutil.rmtree, directory, True)
+  prefix = "%s-%d-%s-" % (purpose, os.getpid(), _start_time(os.getpid()))
+  for attempt in range(3):
+    root = _user_root()
+    _remove_orphans(root)
+    try:
+      directory = tempfile.mkdtemp(prefix=prefix, dir=root)
+      break
+    except FileNotFoundError:  # another process removed the (empty) root just now
+      if attempt == 2:
+        raise
+  atexit.register(remove, directory)
   return directory
+
+
+def remove(directory: str) -> None:
+  """Removes a scratch directory, and the per-user one if that is left empty."""
+  shutil.rmtree(directory, ignore_errors=True)
+  try:
+    os.rmdir(os.path.dirname(directory))
+  except OSError:  # not empty (another process's scratch is there), or gone already
+    pass
 
 
 def _user_root() -> str:
