@@ -65,6 +65,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 
 from absl import flags
 from absl import logging as absl_logging  # defines --verbosity; its handler prints the logs
@@ -548,17 +549,23 @@ def main(argv):
     return EXIT_TROUBLE
   command, args = argv[1], argv[2:]
   library_logger = logging.getLogger("warmstart")
-  warnings = _Warnings()
+  held = _Warnings()
   if not flags.FLAGS["verbosity"].present:
     # The CLI prints the reports itself; the library's INFO summaries would repeat them.
     library_logger.setLevel(logging.WARNING)
-    library_logger.addHandler(warnings)
+    library_logger.addHandler(held)
     library_logger.propagate = False
   try:
-    status = _run(command, args)
+    with warnings.catch_warnings(record=True) as caught:  # numpy's, h5py's: as ours
+      warnings.simplefilter("default")
+      try:
+        status = _run(command, args)
+      finally:
+        for warning in caught:
+          held.emit(logging.makeLogRecord({"msg": str(warning.message).split("\n")[0]}))
   except (_Trouble, warmstart.WarmStartError) as err:
     sys.stderr.write(_error_line("%s%s" % (err, "".join(
-        " (warning: %s)" % message for message in warnings.messages))))
+        " (warning: %s)" % message for message in held.messages))))
     return EXIT_TROUBLE
   except BrokenPipeError:  # `warmstart ... | head`: stop quietly, like other tools
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -568,9 +575,9 @@ def main(argv):
                                            if err.filename else "")))
     return EXIT_TROUBLE
   finally:
-    library_logger.removeHandler(warnings)
+    library_logger.removeHandler(held)
     library_logger.propagate = True
-  for message in warnings.messages:
+  for message in held.messages:
     sys.stderr.write("%s: warning: %s\n" % (PROGRAM, _printable.printable(message)))
   return status
 

@@ -14,6 +14,7 @@ A .npy of plain numbers is never unpickled: it is one tensor, named after the fi
 import logging
 import os
 import pickle
+import warnings
 
 import numpy as np
 
@@ -53,8 +54,10 @@ def _header(file, source: str):
   """(shape, fortran_order, dtype) of an open .npy file, positioned at its data."""
   try:
     version = np.lib.format.read_magic(file)
-    # numpy's one header reader for every format version (1.0, 2.0 and 3.0) is private.
-    return np.lib.format._read_array_header(file, version)  # type: ignore[attr-defined]
+    with warnings.catch_warnings():  # numpy warns of odd or Python 2 headers: not the user's
+      warnings.simplefilter("ignore")
+      # numpy's one header reader for every format version (1.0, 2.0 and 3.0) is private.
+      return np.lib.format._read_array_header(file, version)  # type: ignore[attr-defined]
   except Exception as err:  # ValueError, SyntaxError, ... for a damaged header
     raise CheckpointReadError("%s is not a readable .npy file: %s" % (source, first_line(err))) from err
 
