@@ -296,8 +296,8 @@ class _Comparer:
   those that differ are decoded for the statistics and checksummed.
 
   It all runs in the calling thread: a worker thread decoding differing chunks while the caller
-  read on was measured slower on a shared 2-core machine (3.8 s vs 3.4 s for the 1 GiB diff of
-  benchmarks/diff_bench.py, and 15% more CPU), so it was cut.
+  read on did not pay on a shared 2-core machine (the 1 GiB diff of benchmarks/diff_bench.py:
+  3.8 s vs 3.4 s under load, 0.93 s vs 0.94 s nearly idle, and more memory), so it was cut.
   """
 
   def __init__(self, reader_a: sources.Reader, reader_b: sources.Reader, atol, rtol):
