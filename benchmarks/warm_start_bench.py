@@ -16,9 +16,13 @@ start", below 1 is cheaper.
   python benchmarks/warm_start_bench.py                           # 200 and 2000 variables
   python benchmarks/warm_start_bench.py --variables=10000 --repeats=1
   python benchmarks/warm_start_bench.py --variables= --gib=1      # one model of 1 GiB
+  python benchmarks/warm_start_bench.py --variables=2000 --profile=warmstart   # where time goes
 """
+import cProfile
+import io
 import json
 import os
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -30,13 +34,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags
 
+MODES = ("none", "tf", "warmstart")
 flags.DEFINE_list("variables", ["200", "2000"], "Model sizes, in variables.")
 flags.DEFINE_float("gib", 0.0, "Also a model with this many GiB of weights (0: none).")
 flags.DEFINE_integer("repeats", 3, "Interleaved repetitions of each measurement (medians).")
+flags.DEFINE_enum("profile", None, MODES,
+                  "Instead: run this mode once per size under cProfile and print its top costs.")
 flags.DEFINE_string("child", None, "Internal: run one measurement (JSON) and print the result.")
 FLAGS = flags.FLAGS
 
-MODES = ("none", "tf", "warmstart")
 _BIG = 1 << 24  # float32 elements in one 64 MiB kernel
 
 
@@ -110,11 +116,22 @@ def _child(job):
   print(json.dumps({"seconds": time.perf_counter() - start, "rss": _peak_rss()}))
 
 
+def _profiled_child(job):
+  profile = cProfile.Profile()
+  profile.runcall(_child, job)
+  out = io.StringIO()
+  stats = pstats.Stats(profile, stream=out).sort_stats("cumulative")
+  stats.print_stats(r"/warmstart/|estimator\.py:(282|1145|1398)|monitored_session\.py:1261", 30)
+  print(out.getvalue(), file=sys.stderr)
+
+
 def _run(job):
   result = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)],
                           capture_output=True, text=True, check=False)
   if result.returncode:
     raise SystemExit("%s failed:\n%s" % (job["mode"], result.stderr[-3000:]))
+  if job.get("profile"):
+    print(result.stderr[result.stderr.find("   Ordered by"):])
   lines = result.stdout.strip().splitlines()
   return json.loads(lines[-1]) if lines else None
 
@@ -122,7 +139,8 @@ def _run(job):
 def main(argv):
   del argv
   if FLAGS.child:
-    _child(json.loads(FLAGS.child))
+    job = json.loads(FLAGS.child)
+    (_profiled_child if job.get("profile") else _child)(job)
     return
   specs = [{"variables": int(n), "gib": 0.0} for n in FLAGS.variables if n]
   if FLAGS.gib:
@@ -134,6 +152,14 @@ def main(argv):
       source = os.path.join(work, "source")
       os.makedirs(source)
       _run({"spec": spec, "mode": "write", "source": source})
+      if FLAGS.profile:
+        model_dir = os.path.join(work, "profile")
+        print("%s, %s, under cProfile (cumulative seconds):" % (label, FLAGS.profile))
+        _run({"spec": spec, "mode": FLAGS.profile, "source": source, "model_dir": model_dir,
+              "profile": True})
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.rmtree(source)
+        continue
       results = {mode: [] for mode in MODES}
       for repeat in range(FLAGS.repeats):
         for mode in MODES:

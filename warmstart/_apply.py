@@ -2,7 +2,9 @@
 
 Each planned variable's initializer becomes an assignment of a value read from the checkpoint
 by `RestoreV2`: one op per checkpoint and device reads every tensor of that group, so the cost
-stays flat as the variable count grows. A partitioned variable's parts each read their slice
+stays flat as the variable count grows; a group of more than `RESTORE_CHUNK_BYTES` is read in
+chunks of about that size, one after another, so a big model's restore holds one chunk in memory
+beside the variables, not all of them. A partitioned variable's parts each read their slice
 (RestoreV2's `shape_and_slices`). Shape policies combine the read with the variable's own
 initial value in the graph: a partial copy reads only the block it copies and writes it into
 the initializer's value (a strided-slice update), so the rest stays exactly what the
@@ -125,8 +127,8 @@ def _plan_reads(restore, assignment, info, variables, prefix, name):
   parts = list(_parts(info, variables))
   dtype = parts[0][0].dtype.base_dtype
   if policy in ("", _policies.ADAPT):
-    for variable, _, _, spec in parts:
-      restore.read(prefix, variable, name, spec, dtype,
+    for variable, _, shape, spec in parts:
+      restore.read(prefix, variable, name, spec, dtype, shape,
                    lambda value, variable=variable: _initialize(variable, value))
   elif policy == _policies.PARTIAL:
     block = _policies.block(info.shape, assignment.source_shape)
@@ -136,11 +138,11 @@ def _plan_reads(restore, assignment, info, variables, prefix, name):
         continue  # this part lies outside the copied block: it keeps its initializer
       size = [e - o for e, o in zip(end, offset)]
       restore.read(prefix, variable, name, _slice_spec(assignment.source_shape, offset, size),
-                   dtype,
+                   dtype, size,
                    lambda value, variable=variable, size=size, shape=shape: _initialize(
                        variable, _into_initial_value(variable, value, size, shape)))
   else:
-    restore.read(prefix, parts[0][0], name, "", dtype,
+    restore.read(prefix, parts[0][0], name, "", dtype, assignment.source_shape,
                  lambda value: _initialize_parts(parts, _transform(
                      policy, value, assignment.source_shape, info.shape)))
 
@@ -170,8 +172,8 @@ def _transform(policy, value, source_shape, shape):
 
 
 def _initialize_parts(parts, value):
-  for variable, offset, shape, spec in parts:
-    _initialize(variable, tf.slice(value, offset, shape) if spec else value)
+  return [_initialize(variable, tf.slice(value, offset, shape) if spec else value)
+          for variable, offset, shape, spec in parts]
 
 
 def _initialize(variable, value):
@@ -185,36 +187,66 @@ def _initialize(variable, value):
   # As TF's checkpoint_utils._set_checkpoint_initializer does for warm starts.
   variable._initializer_op = initializer  # pylint: disable=protected-access
   variable._initial_value = value  # pylint: disable=protected-access
+  return initializer
+
+
+# A restore group holding more bytes than this is read in chunks of about this size.
+RESTORE_CHUNK_BYTES = 64 << 20
 
 
 class _BatchedRestore:
-  """Collects tensor reads, then reads each group with one RestoreV2 op.
+  """Collects tensor reads, then reads each group with one RestoreV2 op (or one per chunk).
 
   A group is one checkpoint read on one task's CPU (the task of the variable: RestoreV2 runs on
-  CPU, and a parameter server's variables are read where they live).
+  CPU, and a parameter server's variables are read where they live). A group of more than
+  `RESTORE_CHUNK_BYTES` is split in model order into chunks of at most that size (a bigger
+  tensor is a chunk of its own), and each chunk's RestoreV2 waits for the previous chunk's
+  assignments: TensorFlow frees a chunk's values once they are assigned, so the restore needs
+  one chunk of memory beside the variables, whatever the model's size.
   """
 
   def __init__(self):
     self._groups: dict[tuple[str, str], list] = {}
 
-  def read(self, prefix, variable, name, spec, dtype, then):
-    """Reads tensor `name` (slice `spec`) of `prefix` for `variable`; calls `then(tensor)`."""
+  def read(self, prefix, variable, name, spec, dtype, shape, then):
+    """Reads tensor `name` (slice `spec`, `shape` elements) of `prefix` for `variable`; calls
+    `then(tensor)`, which returns the initializer op(s) it makes."""
     device = tf.DeviceSpec.from_string(variable.device or "").replace(
         device_type=None, device_index=None).to_string()
-    self._groups.setdefault((prefix, device), []).append((name, spec, dtype, then))
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.size
+    self._groups.setdefault((prefix, device), []).append((name, spec, dtype, nbytes, then))
 
   def build(self):
     for (prefix, device), reads in self._groups.items():
-      with tf.device(device), tf.device("/cpu:0"):
-        values = tf.raw_ops.RestoreV2(
-            prefix=prefix, tensor_names=[r[0] for r in reads],
-            shape_and_slices=[r[1] for r in reads], dtypes=[r[2] for r in reads],
-            name="restore")
-        for value, (_, _, _, then) in zip(values, reads):
-          then(value)
-      logger.debug("one RestoreV2 reads %d tensors of %s on %s", len(reads), prefix,
-                   device or "the local CPU")
+      chunks = list(_chunks(reads, RESTORE_CHUNK_BYTES))
+      after: list = []
+      for chunk in chunks:
+        with tf.device(device), tf.device("/cpu:0"), tf.control_dependencies(after):
+          values = tf.raw_ops.RestoreV2(
+              prefix=prefix, tensor_names=[r[0] for r in chunk],
+              shape_and_slices=[r[1] for r in chunk], dtypes=[r[2] for r in chunk],
+              name="restore")
+          after = []
+          for value, read in zip(values, chunk):
+            made = read[-1](value)
+            after.extend(made if isinstance(made, list) else [made])
+      logger.debug("%d RestoreV2 op(s) read %d tensors of %s on %s", len(chunks), len(reads),
+                   prefix, device or "the local CPU")
     self._groups.clear()
+
+
+def _chunks(reads, limit):
+  """Splits `reads` (in order) into runs of at most `limit` bytes (one read if it is bigger)."""
+  chunk: list = []
+  size = 0
+  for read in reads:
+    if chunk and size + read[3] > limit:
+      yield chunk
+      chunk, size = [], 0
+    chunk.append(read)
+    size += read[3]
+  if chunk:
+    yield chunk
 
 
 _materialized: dict[tuple, str] = {}
