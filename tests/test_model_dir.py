@@ -1,6 +1,8 @@
-"""model_dir safety: never train inside (or around) the source, and report-file failures are clean."""
+"""model_dir and source safety: never train inside (or around) the source, report-file failures
+are clean, and a source that changes under a warm start is refused before TensorFlow reads it."""
 import errno
 import os
+import shutil
 
 import pytest
 import tensorflow as tf
@@ -96,3 +98,57 @@ def test_corrupt_report_read_back_on_resume_is_a_clean_error(source, tmp_path, c
                                      freeze=True)
   with pytest.raises(warmstart.WarmStartError, match=r"cannot tell which variables to freeze"):
     resumed.train(input_fn(), steps=1)
+
+
+# -- a source that changes under a warm start ----------------------------------------------
+
+def _replace(prefix, hidden):
+  """Replaces the checkpoint at `prefix` by a newly trained one whose hidden layer has `hidden`
+  units (as another job writing the same path would)."""
+  directory = os.path.dirname(prefix)
+  shutil.rmtree(directory)
+  replaced = train(directory, {"hidden": hidden}, steps=1)
+  assert replaced == prefix.rsplit("-", 1)[0] + "-1"
+  return replaced
+
+
+def test_source_changed_between_the_estimator_and_train_is_a_clean_error(tmp_path):
+  source = train(str(tmp_path / "src"), {}, steps=1)
+  estimator = warmstart.estimator_from(mlp_model_fn, model_dir=str(tmp_path / "m"),
+                                       warm_start_from=source)
+  _replace(source, hidden=5)
+  with pytest.raises(warmstart.CheckpointReadError,
+                     match=r"checkpoint .*src/model.ckpt-1 changed after warmstart first read it "
+                           r"\(when the Estimator or settings were made\): 'mnist/hidden/bias' was "
+                           r"float32 \[8\], is now float32 \[5\]; 'mnist/hidden/kernel' was "
+                           r"float32 \[6, 8\], is now float32 \[6, 5\]; 'mnist/logits/kernel' "
+                           r".*Make them again"):
+    estimator.train(input_fn(), steps=1)
+  assert tf.train.latest_checkpoint(str(tmp_path / "m")) is None
+
+
+class _ReplaceSource(tf.compat.v1.train.SessionRunHook):
+  """A chief hook that replaces the source right before the session starts."""
+
+  def __init__(self, prefix):
+    self.prefix = prefix
+
+  def begin(self):
+    _replace(self.prefix, hidden=8)  # the same shapes: only the files tell
+
+
+def test_source_replaced_after_planning_is_refused_before_the_session_reads_it(tmp_path):
+  source = train(str(tmp_path / "src"), {}, steps=1)
+
+  def model_fn(features, labels, mode, params):
+    spec = mlp_model_fn(features, labels, mode, params)
+    return spec._replace(training_chief_hooks=[_ReplaceSource(source)])
+
+  estimator = warmstart.estimator_from(model_fn, model_dir=str(tmp_path / "m"),
+                                       warm_start_from=source)
+  with pytest.raises(warmstart.CheckpointReadError,
+                     match=r"checkpoint .*src/model.ckpt-1 was modified, replaced or removed after "
+                           r"warmstart checked it for this warm start \(.*model.ckpt-1.data-00000-"
+                           r"of-00001 changed, .*model.ckpt-1.index changed\); nothing was loaded"):
+    estimator.train(input_fn(), steps=1)
+  assert tf.train.latest_checkpoint(str(tmp_path / "m")) is None

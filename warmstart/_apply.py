@@ -69,6 +69,8 @@ def install(plan, variables: dict[str, tuple[VariableInfo, list]]):
     TF `warm_start`'s arguments (prefix, variables, vocab infos, renames) for what is left to
     it: the vocabulary-remapped variables (an empty variable list when there are none).
   """
+  if plan.source_stamp is not None:
+    _checkpoint.check_unchanged(plan.source, plan.source_stamp)
   source_prefix, keys = materialize(plan.source, {
       a.checkpoint_name for a in plan.assignments if a.policy != _policies.ADAPT})
   adapted_prefix = None

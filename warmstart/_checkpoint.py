@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from warmstart import _dtypes, _kinds, _limits, _source
-from warmstart._errors import CheckpointNotFoundError, WarmStartError
+from warmstart._errors import CheckpointNotFoundError, CheckpointReadError, WarmStartError
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,44 @@ class CheckpointRef:
 
   def __str__(self):
     return self.prefix
+
+
+def files_of(ref: CheckpointRef) -> list[str]:
+  """The files holding checkpoint `ref`'s tensors: a bundle's index and data files, or the file."""
+  if ref.kind in (CHECKPOINT, SAVED_MODEL):
+    return [ref.prefix + ".index", *sorted(glob.glob(glob.escape(ref.prefix) + ".data-*"))]
+  return [ref.prefix]
+
+
+def stamp(ref: CheckpointRef) -> tuple:
+  """What identifies the contents of `ref`'s files: each one's path, size, mtime and inode."""
+  out = []
+  for path in files_of(ref):
+    try:
+      status = os.stat(path)
+    except OSError:
+      out.append((path,))
+    else:
+      out.append((path, status.st_size, status.st_mtime_ns, status.st_ino, status.st_dev))
+  return tuple(out)
+
+
+def check_unchanged(ref: CheckpointRef, before: tuple) -> None:
+  """Raises CheckpointReadError if `ref`'s files are not as `stamp` found them (`before`).
+
+  The tensors to be loaded were checked when the warm start was planned; TensorFlow reads them
+  again when the training session starts, so a checkpoint modified, replaced or removed in
+  between is refused here, before TensorFlow's reader meets it.
+  """
+  now = stamp(ref)
+  if now != before:
+    changed = sorted({entry[0] for entry in set(now) ^ set(before)})
+    raise CheckpointReadError(
+        "checkpoint %s was modified, replaced or removed after warmstart checked it for this "
+        "warm start (%s); nothing was loaded. Leave the source as it is until training has "
+        "started, or warm-start from a copy" % (ref.prefix, ", ".join(
+            "%s %s" % (path, "changed" if os.path.exists(path) else "is gone")
+            for path in changed)))
 
 
 @dataclasses.dataclass(frozen=True)

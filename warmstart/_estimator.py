@@ -330,6 +330,9 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
         _apply.apply(plan, variables)
         if config.is_chief:
           _write_report(config.model_dir, plan.report)
+        # The chief's session start runs the initializers that read the source: one more look.
+        spec = spec._replace(training_chief_hooks=(*spec.training_chief_hooks,
+                                                   _SourceUnchanged(plan)))
       text = str(plan.report)
       logger.info("%s", text)
       # Indented lines render as preformatted text in TensorBoard's Text tab.
@@ -349,6 +352,17 @@ def estimator_from(model_fn_or_estimator: ModelFnOrEstimator, *,
     return wrapped
   config = (config or tf.estimator.RunConfig()).replace(model_dir=model_dir)
   return tf.estimator.Estimator(wrapped, model_dir=model_dir, config=config, params=params)
+
+
+class _SourceUnchanged(tf.compat.v1.train.SessionRunHook):
+  """Refuses, before the session starts, a source changed since its tensors were checked."""
+
+  def __init__(self, plan):
+    self._plan = plan
+
+  def begin(self):
+    if self._plan.source_stamp is not None:
+      _checkpoint.check_unchanged(self._plan.source, self._plan.source_stamp)
 
 
 def plan_model(planner: Planner, target: ModelFnOrEstimator, *, params: Optional[dict],

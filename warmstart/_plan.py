@@ -255,6 +255,9 @@ class Plan:
   # private checkpoint the graph's initializers read.
   adapted: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False,
                                                         compare=False)
+  # The source's files as `_checkpoint.stamp` found them before the tensors were checked
+  # (None: not checked, training resumes); applying the plan refuses a source changed since.
+  source_stamp: Optional[tuple] = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,7 +487,9 @@ class Planner:
                    d.policy, d.source_shape)
         for d in loads)
     adapted: dict[str, np.ndarray] = {}
+    source_stamp = None
     if resumed_from is None:
+      source_stamp = _checkpoint.stamp(self.source)
       adapted, problems = self._verify(assignments, {d.variable.name: d for d in loads})
       if problems:
         report.problems = problems
@@ -499,7 +504,7 @@ class Planner:
           for d in loads if d.policy == _policies.PARTIAL)
     for warning in report.warnings:
       logger.warning("%s", warning)
-    return Plan(self.source, assignments, report, adapted)
+    return Plan(self.source, assignments, report, adapted, source_stamp)
 
   def _verify(self, assignments, decisions):
     """Checks every tensor to be loaded once, now, and runs the adapt functions on them.
@@ -522,6 +527,7 @@ class Planner:
       if d.adapter is not None:
         adapt.setdefault(d.checkpoint_name, []).append((d.variable, d.adapter))
     with sources.open_reader(self.source) as reader:
+      self._check_same_tensors(reader.variables, {a.checkpoint_name for a in assignments})
       for name in sorted({a.checkpoint_name for a in assignments}):
         finite_check = self.check_finite and reader.variables[name].dtype.startswith(_FLOATING)
         if name not in adapt and not finite_check:
@@ -544,6 +550,27 @@ class Planner:
           "warm-start from an earlier checkpoint (step=N)." % (self.source.prefix,
                                                                  ", ".join(non_finite)))
     return adapted, problems
+
+  def _check_same_tensors(self, now: Mapping[str, VariableInfo], names) -> None:
+    """Refuses a source whose tensors to be loaded changed since this planner listed it.
+
+    The planner lists the source when it is made (e.g. by `estimator_from`) and plans with that
+    list when the training graph is built, maybe much later.
+    """
+    changed = []
+    for name in sorted(names):
+      was, new = self.source_variables[name], now.get(name)
+      if new is None:
+        changed.append("%r (%s %s) is gone" % (name, was.dtype, list(was.shape)))
+      elif (new.shape, new.dtype) != (was.shape, was.dtype):
+        changed.append("%r was %s %s, is now %s %s" % (name, was.dtype, list(was.shape),
+                                                      new.dtype, list(new.shape)))
+    if changed:
+      raise CheckpointReadError(
+          "checkpoint %s changed after warmstart first read it (when the Estimator or settings "
+          "were made): %s; nothing was loaded. Make them again (warmstart.estimator_from / "
+          "warmstart.settings) to plan against the checkpoint as it is now" % (
+              self.source.prefix, "; ".join(changed)))
 
 
 # Names of the dtypes whose values can be NaN or Inf.
