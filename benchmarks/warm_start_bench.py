@@ -8,8 +8,8 @@ For models of --variables N small variables (and, with --gib, one with that many
   warmstart `warmstart.estimator_from(model_fn, warm_start_from=SOURCE)`
 
 It measures the time from building the Estimator to the end of its first training step (the
-first `train(steps=1)` from an empty model_dir: graph building, planning, session creation,
-restore, one step, the first checkpoint) and the peak RSS (VmHWM). It prints medians and the
+first `train(steps=1)` from an empty model_dir, with checkpoint saving off: graph building,
+planning, session creation, restore, one step) and the peak RSS (VmHWM). It prints medians and the
 overhead ratio (warmstart - none) / (tf - none) per size: 1.0 is "as costly as TF's own warm
 start", below 1 is cheaper.
 
@@ -101,7 +101,9 @@ def _child(job):
   if mode == "write":
     _write_source(spec, job["source"])
     return
-  config = tf.estimator.RunConfig(save_summary_steps=None, log_step_count_steps=None)
+  # No checkpoints: the time ends with the first training step, not with writing the model.
+  config = tf.estimator.RunConfig(save_summary_steps=None, log_step_count_steps=None,
+                                  save_checkpoints_steps=None, save_checkpoints_secs=None)
   start = time.perf_counter()
   if mode == "warmstart":
     estimator = warmstart.estimator_from(_model_fn, model_dir=job["model_dir"],

@@ -256,36 +256,6 @@ def test_adapted_values_are_never_graph_constants_and_restores_are_batched(tmp_p
   assert sorted(len(n.attr["dtypes"].list.type) for n in restores) == [1, 3]
 
 
-def test_a_big_restore_is_read_in_chained_chunks(tmp_path, monkeypatch):
-  # 4 KiB chunks: tensors of 2, 2, 3 and 6 KiB (the last alone, bigger than a chunk), in model
-  # order, and a partitioned one of 2 x 1 KiB parts.
-  sizes = {"a": [512], "b": [512], "c": [768], "d": [1536], "e": [512]}
-  values = {name: random(*shape, seed=i) for i, (name, shape) in enumerate(sizes.items())}
-  source = write_checkpoint(tmp_path / "src", values)
-  monkeypatch.setattr(warmstart._apply, "RESTORE_CHUNK_BYTES", 4 << 10)
-  model_dir = str(tmp_path / "m")
-  variables = {**{n: s for n, s in sizes.items() if n != "e"},
-               "e": ([512], {"partitioner": tf.compat.v1.fixed_size_partitioner(2)})}
-  warmstart.estimator_from(model_fn, model_dir=model_dir, warm_start_from=source,
-                           params={"variables": variables}).train(input_fn(), steps=1)
-  step0 = os.path.join(model_dir, "model.ckpt-0")
-  for name, value in values.items():
-    assert same_bits(read(step0, name), value), name
-  meta = tf.compat.v1.MetaGraphDef()
-  meta.ParseFromString(open(step0 + ".meta", "rb").read())
-  nodes = {n.name: n for n in meta.graph_def.node}
-  restores = [n for n in meta.graph_def.node
-              if n.op == "RestoreV2" and n.name.startswith("warmstart/")]
-  assert [len(n.attr["dtypes"].list.type) for n in restores] == [2, 1, 1, 2]
-  # Each chunk's restore waits for the previous chunk's assignments (its argument constants do:
-  # TF moves a control dependency to the inputs made under it), and only for them.
-  for previous, restore in zip(restores, restores[1:]):
-    inputs = [nodes[i.split(":")[0]] for i in restore.input]
-    waits = [nodes[i[1:]] for node in inputs for i in node.input if i.startswith("^")]
-    assert waits and all(
-        any(j.split(":")[0] == previous.name for j in w.input) for w in waits), restore.name
-
-
 # -- materialize ----------------------------------------------------------------------------
 
 def test_materialize_writes_a_step0_model_dir_and_refuses_to_overwrite(tmp_path, source):

@@ -2,16 +2,17 @@
 
 Each planned variable's initializer becomes an assignment of a value read from the checkpoint
 by `RestoreV2`: one op per checkpoint and device reads every tensor of that group, so the cost
-stays flat as the variable count grows; a group of more than `RESTORE_CHUNK_BYTES` is read in
-chunks of about that size, one after another, so a big model's restore holds one chunk in memory
-beside the variables, not all of them. A partitioned variable's parts each read their slice
-(RestoreV2's `shape_and_slices`). Shape policies combine the read with the variable's own
-initial value in the graph: a partial copy reads only the block it copies and writes it into
-the initializer's value (a strided-slice update), so the rest stays exactly what the
-initializer gives; 'input_channels' and 'squeeze' transform the tensor read. Values computed by
-a user's adapt function are read from a derived checkpoint in a private temporary directory.
-Only vocabulary remapping is left to TF's own `warm_start`. The initializers run only when the
-session starts from scratch, so a model_dir that already holds a checkpoint resumes instead.
+stays flat as the variable count grows. A restored tensor's buffer becomes the variable's (a
+variable's first assignment takes its input's buffer), so reading a whole group at once costs no
+memory beside the variables (measured in `benchmarks/warm_start_bench.py`). A partitioned
+variable's parts each read their slice (RestoreV2's `shape_and_slices`). Shape policies combine
+the read with the variable's own initial value in the graph: a partial copy reads only the block
+it copies and writes it into the initializer's value (a strided-slice update), so the rest stays
+exactly what the initializer gives; 'input_channels' and 'squeeze' transform the tensor read.
+Values computed by a user's adapt function are read from a derived checkpoint in a private
+temporary directory. Only vocabulary remapping is left to TF's own `warm_start`. The
+initializers run only when the session starts from scratch, so a model_dir that already holds a
+checkpoint resumes instead.
 """
 import logging
 import os
@@ -129,8 +130,8 @@ def _plan_reads(restore, assignment, info, variables, prefix, name):
   parts = list(_parts(info, variables))
   dtype = parts[0][0].dtype.base_dtype
   if policy in ("", _policies.ADAPT):
-    for variable, _, shape, spec in parts:
-      restore.read(prefix, variable, name, spec, dtype, shape,
+    for variable, _, _, spec in parts:
+      restore.read(prefix, variable, name, spec, dtype,
                    lambda value, variable=variable: _initialize(variable, value))
   elif policy == _policies.PARTIAL:
     block = _policies.block(info.shape, assignment.source_shape)
@@ -140,11 +141,11 @@ def _plan_reads(restore, assignment, info, variables, prefix, name):
         continue  # this part lies outside the copied block: it keeps its initializer
       size = [e - o for e, o in zip(end, offset)]
       restore.read(prefix, variable, name, _slice_spec(assignment.source_shape, offset, size),
-                   dtype, size,
+                   dtype,
                    lambda value, variable=variable, size=size, shape=shape: _initialize(
                        variable, _into_initial_value(variable, value, size, shape)))
   else:
-    restore.read(prefix, parts[0][0], name, "", dtype, assignment.source_shape,
+    restore.read(prefix, parts[0][0], name, "", dtype,
                  lambda value: _initialize_parts(parts, _transform(
                      policy, value, assignment.source_shape, info.shape)))
 
@@ -174,8 +175,8 @@ def _transform(policy, value, source_shape, shape):
 
 
 def _initialize_parts(parts, value):
-  return [_initialize(variable, tf.slice(value, offset, shape) if spec else value)
-          for variable, offset, shape, spec in parts]
+  for variable, offset, shape, spec in parts:
+    _initialize(variable, tf.slice(value, offset, shape) if spec else value)
 
 
 def _initialize(variable, value):
@@ -189,66 +190,36 @@ def _initialize(variable, value):
   # As TF's checkpoint_utils._set_checkpoint_initializer does for warm starts.
   variable._initializer_op = initializer  # pylint: disable=protected-access
   variable._initial_value = value  # pylint: disable=protected-access
-  return initializer
-
-
-# A restore group holding more bytes than this is read in chunks of about this size.
-RESTORE_CHUNK_BYTES = 64 << 20
 
 
 class _BatchedRestore:
-  """Collects tensor reads, then reads each group with one RestoreV2 op (or one per chunk).
+  """Collects tensor reads, then reads each group with one RestoreV2 op.
 
   A group is one checkpoint read on one task's CPU (the task of the variable: RestoreV2 runs on
-  CPU, and a parameter server's variables are read where they live). A group of more than
-  `RESTORE_CHUNK_BYTES` is split in model order into chunks of at most that size (a bigger
-  tensor is a chunk of its own), and each chunk's RestoreV2 waits for the previous chunk's
-  assignments: TensorFlow frees a chunk's values once they are assigned, so the restore needs
-  one chunk of memory beside the variables, whatever the model's size.
+  CPU, and a parameter server's variables are read where they live).
   """
 
   def __init__(self):
     self._groups: dict[tuple[str, str], list] = {}
 
-  def read(self, prefix, variable, name, spec, dtype, shape, then):
-    """Reads tensor `name` (slice `spec`, `shape` elements) of `prefix` for `variable`; calls
-    `then(tensor)`, which returns the initializer op(s) it makes."""
+  def read(self, prefix, variable, name, spec, dtype, then):
+    """Reads tensor `name` (slice `spec`) of `prefix` for `variable`; calls `then(tensor)`."""
     device = tf.DeviceSpec.from_string(variable.device or "").replace(
         device_type=None, device_index=None).to_string()
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.size
-    self._groups.setdefault((prefix, device), []).append((name, spec, dtype, nbytes, then))
+    self._groups.setdefault((prefix, device), []).append((name, spec, dtype, then))
 
   def build(self):
     for (prefix, device), reads in self._groups.items():
-      chunks = list(_chunks(reads, RESTORE_CHUNK_BYTES))
-      after: list = []
-      for chunk in chunks:
-        with tf.device(device), tf.device("/cpu:0"), tf.control_dependencies(after):
-          values = tf.raw_ops.RestoreV2(
-              prefix=prefix, tensor_names=[r[0] for r in chunk],
-              shape_and_slices=[r[1] for r in chunk], dtypes=[r[2] for r in chunk],
-              name="restore")
-          after = []
-          for value, read in zip(values, chunk):
-            made = read[-1](value)
-            after.extend(made if isinstance(made, list) else [made])
-      logger.debug("%d RestoreV2 op(s) read %d tensors of %s on %s", len(chunks), len(reads),
-                   prefix, device or "the local CPU")
+      with tf.device(device), tf.device("/cpu:0"):
+        values = tf.raw_ops.RestoreV2(
+            prefix=prefix, tensor_names=[r[0] for r in reads],
+            shape_and_slices=[r[1] for r in reads], dtypes=[r[2] for r in reads],
+            name="restore")
+        for value, (_, _, _, then) in zip(values, reads):
+          then(value)
+      logger.debug("one RestoreV2 reads %d tensors of %s on %s", len(reads), prefix,
+                   device or "the local CPU")
     self._groups.clear()
-
-
-def _chunks(reads, limit):
-  """Splits `reads` (in order) into runs of at most `limit` bytes (one read if it is bigger)."""
-  chunk: list = []
-  size = 0
-  for read in reads:
-    if chunk and size + read[3] > limit:
-      yield chunk
-      chunk, size = [], 0
-    chunk.append(read)
-    size += read[3]
-  if chunk:
-    yield chunk
 
 
 _materialized: dict[tuple, str] = {}
