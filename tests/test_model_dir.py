@@ -152,3 +152,16 @@ def test_source_replaced_after_planning_is_refused_before_the_session_reads_it(t
                            r"of-00001 changed, .*model.ckpt-1.index changed\); nothing was loaded"):
     estimator.train(input_fn(), steps=1)
   assert tf.train.latest_checkpoint(str(tmp_path / "m")) is None
+
+
+def test_written_files_get_the_mode_open_gives_not_mkstemps(source, tmp_path):
+  old = os.umask(0o027)
+  try:
+    model_dir = tmp_path / "m"
+    warmstart.estimator_from(mlp_model_fn, model_dir=str(model_dir), warm_start_from=source,
+                             include="mnist/hidden/.*").train(input_fn(), steps=1)
+    warmstart.convert(source, str(tmp_path / "out.safetensors"))
+  finally:
+    os.umask(old)
+  for path in (model_dir / "warmstart_report.json", tmp_path / "out.safetensors"):
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o640), path

@@ -82,7 +82,7 @@ def files_of(ref: CheckpointRef) -> list[str]:
 
 def stamp(ref: CheckpointRef) -> tuple:
   """What identifies the contents of `ref`'s files: each one's path, size, mtime and inode."""
-  out = []
+  out: list[tuple] = []
   for path in files_of(ref):
     try:
       status = os.stat(path)

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -17,6 +16,7 @@ from warmstart._model_fn import ModelFnOrEstimator
 from warmstart._plan import Adapters, FreezeSpec, Plan, Planner, ShapePolicies
 from warmstart._rename import Rules
 from warmstart._select import Patterns
+from warmstart.sources import _writers
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +123,8 @@ def _write_atomically(model_dir, path, text):
     tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
     return path
   os.makedirs(model_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + REPORT_FILE, dir=model_dir)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  with _writers.atomic_file(path) as f:
+    f.write(text.encode("utf-8"))
   logger.info("wrote warm-start report %s", path)
   return path
 

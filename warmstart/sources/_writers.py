@@ -20,8 +20,8 @@ which is what makes it a checkpoint). None of this needs TensorFlow.
 import contextlib
 import io
 import os
+import secrets
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
@@ -43,10 +43,23 @@ _STRING = "string"
 
 
 @contextlib.contextmanager
-def _atomic(path: str) -> Iterator[io.BufferedWriter]:
-  """A binary file that replaces `path` when the block completes, and vanishes if it fails."""
+def atomic_file(path: str) -> Iterator[io.BufferedWriter]:
+  """A binary file that replaces `path` when the block completes, and vanishes if it fails.
+
+  It is created with the mode `open()` gives (0o666 less the umask), not `mkstemp`'s 0o600, so
+  the output is as readable as the checkpoints TensorFlow writes beside it.
+  """
   directory, base = os.path.split(os.path.abspath(path))
-  fd, temporary = tempfile.mkstemp(prefix=".%s." % base, suffix=".tmp", dir=directory)
+  for _ in range(100):
+    temporary = os.path.join(directory, ".%s.%s.tmp" % (base, secrets.token_hex(4)))
+    try:
+      fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                   0o666)
+      break
+    except FileExistsError:
+      continue
+  else:
+    raise FileExistsError("no free temporary name beside %s" % path)
   try:
     with os.fdopen(fd, "wb") as file:
       yield file
@@ -122,7 +135,7 @@ def write_safetensors(path: str, infos: Sequence[VariableInfo], read: ReadTensor
   """Writes `infos`' tensors to a .safetensors file, one tensor at a time."""
   _refuse_strings(infos, ".safetensors")
   header = safetensors_header(infos, metadata or {})
-  with _atomic(path) as file:
+  with atomic_file(path) as file:
     file.write(header)
     for info in infos:
       _write_bytes(file, _bytes_of(_value(read, info)))
@@ -146,7 +159,7 @@ def write_npz(path: str, infos: Sequence[VariableInfo], read: ReadTensor) -> Non
     raise WarmStartError("a tensor named %r clashes with the member .npz files record dtypes in; "
                          "rename it" % DTYPES_MEMBER)
   recorded = []
-  with _atomic(path) as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED,
+  with atomic_file(path) as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED,
                                               allowZip64=True) as archive:
     for info in infos:
       value = _value(read, info)
@@ -276,8 +289,8 @@ def write_checkpoint(prefix: str, infos: Sequence[VariableInfo], read: ReadTenso
   offset = 0
   # Both files are complete before either is renamed; the data file goes first, so the index
   # (what makes a checkpoint) only ever appears beside its data.
-  with _atomic(prefix + ".index") as index, \
-       _atomic(prefix + ".data-00000-of-00001") as data:
+  with atomic_file(prefix + ".index") as index, \
+       atomic_file(prefix + ".data-00000-of-00001") as data:
     for info in sorted(infos, key=lambda i: i.name.encode("utf-8")):
       value = _value(read, info)
       if info.dtype == _STRING:
