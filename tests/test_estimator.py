@@ -90,6 +90,32 @@ def test_canned_dnn_classifier_with_other_class_count(tmp_path):
   assert step0.get_tensor("global_step") == 0
 
 
+def test_canned_dnn_gets_wider_through_settings(tmp_path):
+  # 8 -> 12 hidden units and 3 -> 4 classes: the kernel's block is copied, the rest keeps its
+  # initializer; the logits come from adapt functions (a new class of bias 0, a fresh kernel).
+  columns = [tf.feature_column.numeric_column("x", shape=[6])]
+  base = tf.estimator.DNNClassifier([8], columns, n_classes=3, model_dir=str(tmp_path / "a"))
+  base.train(input_fn(classes=3), steps=5)
+  base_ckpt = tf.train.latest_checkpoint(str(tmp_path / "a"))
+  ws = warmstart.settings(
+      str(tmp_path / "a"), include="dnn/.*",
+      on_shape_mismatch={"dnn/hiddenlayer_0/.*": "partial"},
+      adapt={"dnn/logits/kernel": lambda w: np.zeros([12, 4], w.dtype),
+             "dnn/logits/bias": lambda b: np.append(b, b.dtype.type(0))})
+  wider = tf.estimator.DNNClassifier([12], columns, n_classes=4, model_dir=str(tmp_path / "b"),
+                                     warm_start_from=ws)
+  wider.train(input_fn(classes=4), steps=1)
+  step0 = tf.train.load_checkpoint(str(tmp_path / "b" / "model.ckpt-0"))
+  assert same_bits(step0.get_tensor("dnn/hiddenlayer_0/kernel")[:, :8],
+                   read(base_ckpt, "dnn/hiddenlayer_0/kernel"))
+  assert same_bits(step0.get_tensor("dnn/hiddenlayer_0/bias")[:8],
+                   read(base_ckpt, "dnn/hiddenlayer_0/bias"))
+  assert step0.get_tensor("dnn/hiddenlayer_0/bias")[8:].tolist() == [0.0] * 4  # its initializer
+  assert same_bits(step0.get_tensor("dnn/logits/bias"),
+                   np.append(read(base_ckpt, "dnn/logits/bias"), np.float32(0)))
+  assert same_bits(step0.get_tensor("dnn/logits/kernel"), np.zeros([12, 4], np.float32))
+
+
 def test_settings_errors_surface_at_graph_build(tmp_path, base_model):
   estimator = tf.estimator.Estimator(
       mlp_model_fn, str(tmp_path), params={},

@@ -60,7 +60,8 @@ class _Settings(tf.estimator.WarmStartSettings):
 def settings(source: Source, *, include: Patterns = ".*", exclude: Patterns = None,
              rename: Rules = None, vocab: Optional[Mapping[str, Any]] = None,
              optimizer_state: str = "reset", step: Optional[int] = None,
-             check_finite: bool = False) -> tf.estimator.WarmStartSettings:
+             check_finite: bool = False, on_shape_mismatch: ShapePolicies = "error",
+             adapt: Adapters = None) -> tf.estimator.WarmStartSettings:
   """Returns a `tf.estimator.WarmStartSettings` for any Estimator, canned ones included.
 
   Unlike TF's own, patterns fully match names (a list is a list of regexes, not prefixes),
@@ -80,6 +81,9 @@ def settings(source: Source, *, include: Patterns = ".*", exclude: Patterns = No
       initializers) or 'keep'.
     step: pick this step in a directory source; -1 or None for the latest.
     check_finite: also refuse tensors to be loaded that hold NaN or Inf.
+    on_shape_mismatch: 'error', 'skip', 'partial', 'input_channels' or 'squeeze', or a dict
+      {pattern: policy}, as for `estimator_from` (e.g. a canned DNN with wider hidden layers).
+    adapt: {pattern: fn}, as for `estimator_from`.
 
   Returns:
     A `tf.estimator.WarmStartSettings` to pass as `warm_start_from`.
@@ -93,7 +97,8 @@ def settings(source: Source, *, include: Patterns = ".*", exclude: Patterns = No
     ...     "base_model", exclude="dnn/logits/.*"))
   """
   arguments = dict(include=include, exclude=exclude, rename=rename, vocab=vocab,
-                   optimizer_state=optimizer_state, step=step, check_finite=check_finite)
+                   optimizer_state=optimizer_state, step=step, check_finite=check_finite,
+                   on_shape_mismatch=on_shape_mismatch, adapt=adapt)
   planner = Planner(source, **arguments)
   return _Settings(planner, ", ".join("%s=%r" % kv for kv in arguments.items()
                                       if kv[1] is not None))
