@@ -11,10 +11,10 @@ It measures the time from building the Estimator to the end of its first trainin
 first `train(steps=1)` from an empty model_dir, with checkpoint saving off: graph building,
 planning, session creation, restore, one step), the peak RSS (VmHWM), and the phases: graph
 building (to the hooks' `begin`), session creation (the initializers: the restore) and the
-first step's run. It prints
-medians and the overhead ratio (warmstart - none) / (tf - none) per size, over the whole time and
-over graph + session (the first step's run is the same work in every mode, and the noisiest): 1.0
-is "as costly as TF's own warm start", below 1 is cheaper, below 0 cheaper than no warm start.
+first step's run. It prints medians and the overhead ratio (warmstart - none) / (tf - none) per
+size, over the whole time and over graph + session (the first step's run is the same work in
+every mode, and the noisiest): 1.0 is "as costly as TF's own warm start", below 1 is cheaper,
+below 0 cheaper than no warm start.
 
   python benchmarks/warm_start_bench.py                           # 200 and 2000 variables
   python benchmarks/warm_start_bench.py --variables=10000 --repeats=1
@@ -123,14 +123,13 @@ def _child(job):
                     "phases": phases.seconds}))
 
 
-def _phases_hook():
+def _phases(start):
+  """A hook timing, from `start`: graph building, session creation (the initializers: the
+  restore) and the first step's run. Its class is made here: TensorFlow is imported late."""
   import tensorflow as tf
 
   class Phases(tf.compat.v1.train.SessionRunHook):
-    """Seconds spent building the graph, creating the session (initializers: the restore) and
-    running the first step."""
-
-    def __init__(self, start):
+    def __init__(self):
       self.seconds, self._last = {}, start
 
     def _mark(self, phase):
@@ -146,12 +145,7 @@ def _phases_hook():
     def after_run(self, run_context, run_values):
       self._mark("step")
 
-  return Phases
-
-
-def _phases(start):
-  """The Phases hook (a class made on first use: TensorFlow is imported late)."""
-  return _phases_hook()(start)
+  return Phases()
 
 
 def _profiled_child(job):
